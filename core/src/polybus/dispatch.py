@@ -1,0 +1,503 @@
+"""The dispatch layer: how every backend's deliveries reach a handler.
+
+A backend stream hands each fetched envelope to a :class:`Dispatcher`, one per
+subscription. The dispatcher keeps one worker per partition, so a partition's
+messages are handled one at a time in order while partitions run side by side.
+For each message it:
+
+1. decodes the envelope (an undecodable one goes straight to the dead-letter
+   queue, bytes intact);
+2. calls the handler with a fresh message and a context dict;
+3. acknowledges when the handler returns without settling, or acks;
+4. on an exception or ``nack(requeue=True)``, tries again with exponential
+   backoff and jitter, up to ``retry.max_attempts`` attempts in all;
+5. on ``nack(requeue=False)`` or when attempts run out, writes a dead letter and
+   acknowledges the original only once the dead letter is stored.
+
+Pausing stops the workers between messages; nothing fetched is dropped. Draining
+lets each running handler finish (up to a timeout) and leaves the rest
+unacknowledged, so the group receives it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from polybus.backend import Delivery
+from polybus.errors import MessageRejectedError, SerializationError
+from polybus.message import EventMessage
+from polybus.metrics import BusCounters
+from polybus.settings import RetrySettings
+from polybus.types import ContextValue, SubscriptionInfo
+
+__all__ = ["DeadLetterTarget", "Dispatcher", "Handler", "SubscriptionState"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[EventMessage, dict[str, ContextValue]], Awaitable[None]]
+"""What a subscription calls for each message."""
+
+SubscriptionState = Literal["active", "paused", "stopping", "stopped"]
+
+
+class DeadLetterTarget(Protocol):
+    """Where the dispatcher sends messages it gives up on."""
+
+    async def dead_letter(
+        self,
+        message: EventMessage,
+        error: BaseException,
+        attempts: int,
+        *,
+        payload: bytes,
+        group_id: str | None,
+        first_failure_at: datetime,
+    ) -> None:
+        """Store a dead letter durably, or raise if it could not be stored."""
+
+
+class _Failure(Exception):
+    """A handler attempt that did not succeed."""
+
+    def __init__(self, cause: BaseException, attempt: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.attempt = attempt
+        self.first_failure_at = datetime.now(UTC)
+
+
+class _AttemptFailed(_Failure):
+    """The handler raised or asked for another attempt."""
+
+
+class _Rejected(_Failure):
+    """The handler asked for the message to be dead-lettered now."""
+
+
+class _Abandoned(Exception):
+    """The subscription stopped while the message waited for a retry."""
+
+
+class Dispatcher:
+    """Runs one subscription's handler over what its stream delivers."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: str,
+        topic: str,
+        group_id: str | None,
+        handler: Handler,
+        retry: RetrySettings,
+        dead_letters: DeadLetterTarget,
+        counters: BusCounters,
+        prefetch: int,
+        drain_timeout: float,
+        backend_name: str,
+    ) -> None:
+        self.subscription_id = subscription_id
+        self.topic = topic
+        self.group_id = group_id
+        self.retry = retry
+        self.drain_timeout = drain_timeout
+        self._handler = handler
+        self._dead_letters = dead_letters
+        self._counters = counters.topics[topic]
+        self._prefetch = prefetch
+        self._backend_name = backend_name
+        self._workers: dict[int, _PartitionWorker] = {}
+        self._assigned: tuple[int, ...] = ()
+        self._running = asyncio.Event()
+        self._running.set()
+        self._state: SubscriptionState = "active"
+        self._created_at = datetime.now(UTC)
+        self._last_message_at: datetime | None = None
+        self.received = 0
+        self.acked = 0
+        self.failed = 0
+        self.dead_lettered = 0
+
+    # -- the sink a stream feeds ---------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> None:
+        """Queue a delivery on its partition's worker, waiting if it is full."""
+        worker = self._workers.get(delivery.partition)
+        if worker is None:
+            worker = _PartitionWorker(self, delivery.partition, self._prefetch)
+            self._workers[delivery.partition] = worker
+
+        await worker.queue.put(delivery)
+
+    async def revoke(self, partitions: Sequence[int]) -> None:
+        """Let running handlers of ``partitions`` finish, drop the rest."""
+        workers = [self._workers.pop(p) for p in partitions if p in self._workers]
+        await asyncio.gather(*(w.stop(self.drain_timeout) for w in workers))
+
+    def assigned(self, partitions: Sequence[int]) -> None:
+        """Record the partitions the stream reads now."""
+        self._assigned = tuple(sorted(partitions))
+
+    # -- control ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> SubscriptionState:
+        """Lifecycle state of the subscription."""
+        return self._state
+
+    def pause(self) -> None:
+        """Hold every worker before its next message."""
+        if self._state == "active":
+            self._state = "paused"
+            self._running.clear()
+
+    def resume(self) -> None:
+        """Let the workers go on where they stopped."""
+        if self._state == "paused":
+            self._state = "active"
+            self._running.set()
+
+    async def drain(self) -> None:
+        """Finish running handlers, give up the rest, stop every worker."""
+        self._state = "stopping"
+        self._running.set()
+        workers = list(self._workers.values())
+        self._workers.clear()
+
+        await asyncio.gather(*(w.stop(self.drain_timeout) for w in workers))
+        self._state = "stopped"
+
+    def info(self) -> SubscriptionInfo:
+        """A snapshot of the subscription."""
+        in_flight = sum(w.in_flight for w in self._workers.values())
+        return SubscriptionInfo(
+            subscription_id=self.subscription_id,
+            topic=self.topic,
+            group_id=self.group_id,
+            state=self._state,
+            created_at=self._created_at,
+            assigned_partitions=self._assigned,
+            messages_received=self.received,
+            messages_acked=self.acked,
+            messages_failed=self.failed,
+            messages_dead_lettered=self.dead_lettered,
+            in_flight=in_flight,
+            last_message_at=self._last_message_at,
+        )
+
+    # -- handling one message ------------------------------------------------------
+
+    async def handle(self, delivery: Delivery, stopping: asyncio.Event) -> None:
+        """Take one delivery through attempts, retries and dead-lettering."""
+        self.received += 1
+        self._last_message_at = datetime.now(UTC)
+        self._counters.bytes_consumed += len(delivery.payload)
+
+        try:
+            message = EventMessage.from_bytes(
+                delivery.payload, partition=delivery.partition, offset=delivery.offset
+            )
+        except SerializationError as exc:
+            await self._dead_letter_undecodable(delivery, exc, stopping)
+            return
+
+        try:
+            failure = await self._run_attempts(message, delivery, stopping)
+        except _Abandoned:
+            logger.debug(
+                "Subscription %s stopped while message %s waited for a retry",
+                self.subscription_id,
+                message.message_id,
+            )
+            return
+
+        if failure is not None:
+            await self._give_up(
+                message,
+                delivery,
+                failure.cause,
+                failure.attempt,
+                failure.first_failure_at,
+                stopping,
+            )
+            return
+
+        await delivery.ack()
+        self.acked += 1
+        self._counters.consumed += 1
+
+    async def _run_attempts(
+        self, message: EventMessage, delivery: Delivery, stopping: asyncio.Event
+    ) -> _Failure | None:
+        """Try the handler until it succeeds; return the final failure if not."""
+        try:
+            await self._attempt(message, 1, delivery)
+            return None
+        except _Rejected as rejected:
+            return rejected
+        except _AttemptFailed as failure:
+            first = failure
+
+        try:
+            await self._retry(message, delivery, first, stopping)
+        except _Failure as last:
+            last.first_failure_at = first.first_failure_at
+            return last
+        return None
+
+    async def _attempt(
+        self, message: EventMessage, attempt: int, delivery: Delivery
+    ) -> None:
+        candidate = message._delivered_copy()
+        context: dict[str, ContextValue] = {
+            "subscription_id": self.subscription_id,
+            "topic": self.topic,
+            "group_id": self.group_id,
+            "partition": delivery.partition,
+            "offset": delivery.offset,
+            "attempt": attempt,
+            "max_attempts": self.retry.max_attempts,
+            "delivery_count": delivery.delivery_count,
+            "backend": self._backend_name,
+        }
+
+        error: Exception | None = None
+        try:
+            await self._handler(candidate, context)
+        except Exception as exc:
+            error = exc
+
+        settlement = candidate.settlement
+        if settlement == "ack" or (settlement is None and error is None):
+            if error is not None:
+                logger.warning(
+                    "Handler of subscription %s acked message %s and then raised "
+                    "%r; the message stays acknowledged",
+                    self.subscription_id,
+                    message.message_id,
+                    error,
+                )
+            return
+
+        self.failed += 1
+        self._counters.failed += 1
+
+        if settlement == "reject":
+            cause = error or MessageRejectedError(message.message_id, requeue=False)
+            raise _Rejected(cause, attempt)
+
+        cause = error or MessageRejectedError(message.message_id, requeue=True)
+        logger.debug(
+            "Attempt %d of %d failed for message %s: %r",
+            attempt,
+            self.retry.max_attempts,
+            message.message_id,
+            cause,
+        )
+        raise _AttemptFailed(cause, attempt)
+
+    async def _retry(
+        self,
+        message: EventMessage,
+        delivery: Delivery,
+        first: _AttemptFailed,
+        stopping: asyncio.Event,
+    ) -> None:
+        async def sleep(seconds: float) -> None:
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=seconds)
+            except TimeoutError:
+                await self._running.wait()
+                return
+            raise _Abandoned
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.max_attempts),
+            wait=wait_exponential_jitter(
+                initial=self.retry.backoff_ms / 1000,
+                max=self.retry.backoff_max_ms / 1000,
+                jitter=self.retry.jitter_ms / 1000,
+            ),
+            retry=retry_if_exception_type(_AttemptFailed),
+            sleep=sleep,
+            reraise=True,
+        )
+
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    # The first attempt already ran on the fast path, outside
+                    # tenacity; replaying its failure here lets tenacity own the
+                    # count and the delay before every later attempt.
+                    if number == 1:
+                        raise first
+                    self._counters.retried += 1
+                    await self._attempt(message, number, delivery)
+        except RetryError as exc:  # pragma: no cover - reraise=True prevents it
+            raise first from exc
+
+    async def _give_up(
+        self,
+        message: EventMessage,
+        delivery: Delivery,
+        error: BaseException,
+        attempts: int,
+        first_failure_at: datetime,
+        stopping: asyncio.Event,
+    ) -> None:
+        stored = await self._store_dead_letter(
+            message, delivery.payload, error, attempts, first_failure_at, stopping
+        )
+        if not stored:
+            return
+
+        await delivery.ack()
+        self.dead_lettered += 1
+        self._counters.dead_lettered += 1
+
+    async def _dead_letter_undecodable(
+        self, delivery: Delivery, error: SerializationError, stopping: asyncio.Event
+    ) -> None:
+        logger.error(
+            "Message at %s/%d@%s of subscription %s is not a polybus envelope: %s",
+            self.topic,
+            delivery.partition,
+            delivery.offset,
+            self.subscription_id,
+            error,
+        )
+        raw = EventMessage(
+            topic=self.topic,
+            value=delivery.payload,
+            partition=delivery.partition,
+            offset=delivery.offset,
+        )
+        await self._give_up(raw, delivery, error, 0, datetime.now(UTC), stopping)
+
+    async def _store_dead_letter(
+        self,
+        message: EventMessage,
+        payload: bytes,
+        error: BaseException,
+        attempts: int,
+        first_failure_at: datetime,
+        stopping: asyncio.Event,
+    ) -> bool:
+        """Write the dead letter, retrying until it is stored or we stop.
+
+        The original is acknowledged only after this returns ``True``; while the
+        dead-letter write fails the partition waits, so nothing is lost.
+        """
+        delay = max(self.retry.backoff_ms, 10) / 1000
+
+        while True:
+            try:
+                await self._dead_letters.dead_letter(
+                    message,
+                    error,
+                    attempts,
+                    payload=payload,
+                    group_id=self.group_id,
+                    first_failure_at=first_failure_at,
+                )
+                return True
+            except Exception as exc:
+                logger.error(
+                    "Could not store dead letter for message %s of topic %s, "
+                    "retrying in %.2fs: %r",
+                    message.message_id,
+                    self.topic,
+                    delay,
+                    exc,
+                )
+
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            except TimeoutError:
+                delay = min(delay * 2, max(self.retry.backoff_max_ms, 10) / 1000)
+                continue
+            return False
+
+
+class _PartitionWorker:
+    """Handles one partition's deliveries one at a time, in order."""
+
+    def __init__(self, dispatcher: Dispatcher, partition: int, prefetch: int) -> None:
+        self.partition = partition
+        self.queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=prefetch)
+        self._dispatcher = dispatcher
+        self._stopping = asyncio.Event()
+        self._busy = False
+        self._task = asyncio.create_task(
+            self._run(),
+            name=f"polybus-{dispatcher.subscription_id[:8]}-p{partition}",
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries held and not settled."""
+        return self.queue.qsize() + int(self._busy)
+
+    async def _run(self) -> None:
+        dispatcher = self._dispatcher
+
+        while True:
+            delivery = await self.queue.get()
+            await dispatcher._running.wait()
+            if self._stopping.is_set():
+                return
+
+            self._busy = True
+            try:
+                await dispatcher.handle(delivery, self._stopping)
+            except Exception:
+                logger.exception(
+                    "Delivery at partition %d offset %s of subscription %s was "
+                    "left unacknowledged after an internal error",
+                    self.partition,
+                    delivery.offset,
+                    dispatcher.subscription_id,
+                )
+            finally:
+                self._busy = False
+
+            if self._stopping.is_set():
+                return
+
+    async def stop(self, timeout: float) -> None:
+        """Finish the running handler within ``timeout``, drop what waits."""
+        self._stopping.set()
+        if not self._busy:
+            self._task.cancel()
+
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            logger.warning(
+                "Handler on partition %d of subscription %s still ran after %.1fs; "
+                "cancelled, its message stays unacknowledged",
+                self.partition,
+                self._dispatcher.subscription_id,
+                timeout,
+            )
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            return
+
+        if not self._task.cancelled() and self._task.exception() is not None:
+            logger.error(
+                "Worker of partition %d stopped with %r",
+                self.partition,
+                self._task.exception(),
+            )

@@ -1,0 +1,333 @@
+"""The event message and its wire envelope.
+
+An :class:`EventMessage` travels as one envelope, the same on every backend::
+
+    b"PB" | version (1 byte) | MessagePack map
+
+Version 1 of the map holds ``id`` (16 bytes), ``topic`` (str), ``key`` (bytes or
+nil), ``value`` (bytes), ``headers`` (map of str to typed values), ``ts`` (int,
+microseconds since the Unix epoch, UTC), ``corr`` and ``cause`` (16 bytes or nil).
+Offset and partition are positions in a broker, so they are filled in on delivery
+and never written. MessagePack keeps the header value types apart (int, float,
+bool, nil, str, array, map), which is why headers survive every broker unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+from uuid import UUID, uuid4
+
+import msgpack
+
+from polybus.errors import (
+    InvalidMessageError,
+    MessageAlreadySettledError,
+    MessageNotDeliveredError,
+    SerializationError,
+)
+from polybus.types import ContextValue
+
+__all__ = ["ENVELOPE_MAGIC", "ENVELOPE_VERSION", "EventMessage", "Settlement"]
+
+logger = logging.getLogger(__name__)
+
+ENVELOPE_MAGIC: Final = b"PB"
+ENVELOPE_VERSION: Final = 1
+_PREFIX: Final = ENVELOPE_MAGIC + bytes([ENVELOPE_VERSION])
+_INT_MIN: Final = -(2**63)
+_UINT_MAX: Final = 2**64 - 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+Settlement = Literal["ack", "requeue", "reject"]
+"""How a handler settled a message: acknowledged, retried, or dead-lettered."""
+
+
+def _coerce_uuid(name: str, value: object, *, required: bool) -> UUID | None:
+    if value is None and not required:
+        return None
+
+    if isinstance(value, UUID):
+        return value
+
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+
+    raise InvalidMessageError(name, value, "a UUID (or its string form)")
+
+
+def _check_header_value(path: str, value: object) -> None:
+    if value is None or isinstance(value, str | bool | float):
+        return
+
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _UINT_MAX:
+            raise InvalidMessageError(path, value, "an integer within 64 bits")
+        return
+
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_header_value(f"{path}[{index}]", item)
+        return
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessageError(f"{path} key", key, "a str")
+            _check_header_value(f"{path}[{key!r}]", item)
+        return
+
+    raise InvalidMessageError(
+        path, value, "str, int, float, bool, None, list or dict of those"
+    )
+
+
+@dataclass(slots=True, eq=False)
+class EventMessage:
+    """One event: a value with its key, typed headers and tracing ids.
+
+    Only ``topic`` and ``value`` are needed; ``message_id`` is a new UUID unless
+    given and ``timestamp`` is now (UTC). Ids may be given as strings; a string that
+    is not a UUID raises :class:`~polybus.errors.InvalidMessageError`.
+
+    A message handed to a handler is settled with :meth:`ack` or :meth:`nack`; a
+    handler that returns without settling acknowledges it.
+    """
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: dict[str, ContextValue] = field(default_factory=dict)
+    offset: str | None = None
+    partition: int | None = None
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    correlation_id: UUID | None = None
+    causation_id: UUID | None = None
+    message_id: UUID = field(default_factory=uuid4)
+    _settlement: Settlement | None = field(default=None, repr=False)
+    _deliverable: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.topic, str):
+            raise InvalidMessageError("topic", self.topic, "a str")
+
+        if isinstance(self.value, bytearray | memoryview):
+            self.value = bytes(self.value)
+        elif not isinstance(self.value, bytes):
+            raise InvalidMessageError(
+                "value", self.value, "bytes (encode text with .encode())"
+            )
+
+        if isinstance(self.key, str):
+            self.key = self.key.encode()
+        elif isinstance(self.key, bytearray | memoryview):
+            self.key = bytes(self.key)
+        elif self.key is not None and not isinstance(self.key, bytes):
+            raise InvalidMessageError("key", self.key, "bytes, str or None")
+
+        if not isinstance(self.headers, dict):
+            raise InvalidMessageError("headers", self.headers, "a dict")
+        for name, header in self.headers.items():
+            if not isinstance(name, str):
+                raise InvalidMessageError("header name", name, "a str")
+            _check_header_value(f"headers[{name!r}]", header)
+
+        if not isinstance(self.timestamp, datetime) or self.timestamp.tzinfo is None:
+            raise InvalidMessageError(
+                "timestamp", self.timestamp, "a timezone-aware datetime"
+            )
+        self.timestamp = self.timestamp.astimezone(UTC)
+
+        self.correlation_id = _coerce_uuid(
+            "correlation_id", self.correlation_id, required=False
+        )
+        self.causation_id = _coerce_uuid(
+            "causation_id", self.causation_id, required=False
+        )
+        self.message_id = _coerce_uuid(  # type: ignore[assignment]
+            "message_id", self.message_id, required=True
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventMessage):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self.message_id)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.topic,
+            self.key,
+            self.value,
+            self.headers,
+            self.timestamp,
+            self.correlation_id,
+            self.causation_id,
+            self.message_id,
+        )
+
+    # -- envelope ----------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Encode the message as a version 1 envelope."""
+        delta = self.timestamp - _EPOCH
+        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        body = {
+            "id": self.message_id.bytes,
+            "topic": self.topic,
+            "key": self.key,
+            "value": self.value,
+            "headers": self.headers,
+            "ts": micros,
+            "corr": self.correlation_id.bytes if self.correlation_id else None,
+            "cause": self.causation_id.bytes if self.causation_id else None,
+        }
+        try:
+            packed: bytes = msgpack.packb(body, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot encode message: {exc}") from exc
+        return _PREFIX + packed
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        partition: int | None = None,
+        offset: str | None = None,
+    ) -> EventMessage:
+        """Decode an envelope made by :meth:`to_bytes`.
+
+        :raises SerializationError: if the bytes are not a polybus envelope of a
+            known version.
+        """
+        body = _unpack(data)
+
+        try:
+            message = cls(
+                topic=body["topic"],
+                value=body["value"],
+                key=body["key"],
+                headers=body["headers"],
+                timestamp=_EPOCH + _micros(body["ts"]),
+                correlation_id=_uuid_from(body["corr"]),
+                causation_id=_uuid_from(body["cause"]),
+                message_id=UUID(bytes=body["id"]),
+                partition=partition,
+                offset=offset,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"malformed envelope: {exc!r}") from exc
+
+        return message
+
+    async def serialize(self) -> bytes:
+        """Encode the message as a version 1 envelope."""
+        return self.to_bytes()
+
+    async def deserialize(self, data: bytes) -> None:
+        """Replace this message's fields with those of an envelope."""
+        decoded = EventMessage.from_bytes(data)
+
+        self.topic = decoded.topic
+        self.key = decoded.key
+        self.value = decoded.value
+        self.headers = decoded.headers
+        self.timestamp = decoded.timestamp
+        self.correlation_id = decoded.correlation_id
+        self.causation_id = decoded.causation_id
+        self.message_id = decoded.message_id
+
+    # -- settlement ----------------------------------------------------------------
+
+    async def ack(self) -> None:
+        """Acknowledge the message: it is never delivered to this group again."""
+        self._settle("ack")
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Reject the message.
+
+        :param requeue: ``True`` counts this as a failed attempt, so the message
+            is tried again within the retry policy; ``False`` dead-letters it now.
+        """
+        self._settle("requeue" if requeue else "reject")
+
+    @property
+    def settlement(self) -> Settlement | None:
+        """How the handler settled the message so far, if it did."""
+        return self._settlement
+
+    def _settle(self, outcome: Settlement) -> None:
+        if not self._deliverable:
+            raise MessageNotDeliveredError(self.message_id)
+
+        if self._settlement is not None:
+            raise MessageAlreadySettledError(self.message_id, self._settlement)
+
+        self._settlement = outcome
+
+    def _delivered_copy(self) -> EventMessage:
+        """A fresh, unsettled copy for one handler attempt."""
+        copy = EventMessage(
+            topic=self.topic,
+            value=self.value,
+            key=self.key,
+            headers=dict(self.headers),
+            offset=self.offset,
+            partition=self.partition,
+            timestamp=self.timestamp,
+            correlation_id=self.correlation_id,
+            causation_id=self.causation_id,
+            message_id=self.message_id,
+        )
+        copy._deliverable = True
+        return copy
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SerializationError(f"an envelope is bytes, got {type(data).__name__}")
+
+    raw = bytes(data)
+    if raw[:2] != ENVELOPE_MAGIC:
+        raise SerializationError(
+            f"not a polybus envelope: starts with {raw[:8]!r}, expected {_PREFIX!r}"
+        )
+
+    if len(raw) < 3 or raw[2] != ENVELOPE_VERSION:
+        version = raw[2] if len(raw) > 2 else None
+        raise SerializationError(
+            f"unsupported envelope version {version}; this polybus reads version "
+            f"{ENVELOPE_VERSION}"
+        )
+
+    try:
+        body = msgpack.unpackb(raw[3:], raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise SerializationError(f"corrupt envelope: {exc}") from exc
+
+    if not isinstance(body, dict):
+        raise SerializationError("corrupt envelope: body is not a map")
+    return body
+
+
+def _micros(value: object) -> timedelta:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"timestamp must be an int, got {value!r}")
+    return timedelta(microseconds=value)
+
+
+def _uuid_from(value: object) -> UUID | None:
+    if value is None:
+        return None
+    if not isinstance(value, bytes):
+        raise TypeError(f"id must be 16 bytes, got {value!r}")
+    return UUID(bytes=value)
+

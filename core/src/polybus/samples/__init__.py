@@ -1,0 +1,1 @@
+"""Sample event corpora shipped with polybus."""
