@@ -135,13 +135,15 @@ def write_ndjson_gz(records: Iterator[JsonObject], output: Path) -> int:
         prefix=f".{output.name}.", suffix=".tmp", dir=output.parent
     )
     try:
-        with os.fdopen(handle, "wb") as raw:
-            with gzip.GzipFile(
+        with (
+            os.fdopen(handle, "wb") as raw,
+            gzip.GzipFile(
                 filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0
-            ) as compressed:
-                for record in records:
-                    compressed.write(encode_record(record))
-                    count += 1
+            ) as compressed,
+        ):
+            for record in records:
+                compressed.write(encode_record(record))
+                count += 1
         os.chmod(temp_name, 0o644)
         os.replace(temp_name, output)
     except BaseException:

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Self
 from uuid import uuid4
 
-from polybus.backend import Backend, OutboundRecord, Stream
+from polybus.backend import Backend, OutboundRecord, StartPosition, Stream
 from polybus.dispatch import Dispatcher, Handler
 from polybus.dlq import DeadLetterWriter
 from polybus.errors import (
@@ -37,6 +37,7 @@ from polybus.types import (
     EventBusHealth,
     EventBusMetrics,
     EventBusServiceMetrics,
+    LiteralHealthStatus,
     SubscriptionInfo,
     TopicInfo,
     TopicMetrics,
@@ -83,7 +84,7 @@ class EventBus:
         self._configuration_updates = 0
         self._lock = asyncio.Lock()
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect to the backend. Calling it on a running bus does nothing."""
@@ -136,7 +137,7 @@ class EventBus:
                 "the event bus is not running; use `async with` or call start()"
             )
 
-    # -- publishing --------------------------------------------------------------------
+    # -- publishing -----------------------------------------------------------
 
     async def publish_event(
         self,
@@ -229,7 +230,7 @@ class EventBus:
         self._partition_counts[topic] = (info.partition_count, time.monotonic())
         return info.partition_count
 
-    # -- subscriptions -------------------------------------------------------------
+    # -- subscriptions --------------------------------------------------------
 
     async def subscribe_to_topic(
         self,
@@ -258,7 +259,7 @@ class EventBus:
             subscription_id=subscription_id,
             topic=topic,
             group_id=group_id,
-            handler=handler,  # type: ignore[arg-type]
+            handler=handler,
             retry=self.settings.retry,
             dead_letters=self.dead_letters,
             counters=self.counters,
@@ -270,7 +271,7 @@ class EventBus:
             topic,
             group_id,
             dispatcher,
-            start="earliest" if self.settings.start_position == "earliest" else "latest",
+            start=_start_position(self.settings.start_position),
             prefetch=self.settings.prefetch,
         )
 
@@ -343,7 +344,7 @@ class EventBus:
         """Snapshots of every live subscription."""
         return [s.dispatcher.info() for s in self._subscriptions.values()]
 
-    # -- topics ------------------------------------------------------------------------
+    # -- topics ---------------------------------------------------------------
 
     async def create_topic(self, topic: str, partition_count: int = 1) -> bool:
         """Create a topic; ``False`` if it already exists."""
@@ -378,7 +379,7 @@ class EventBus:
         self._check_running()
         return await self.backend.list_topics()
 
-    # -- metrics -----------------------------------------------------------------------
+    # -- metrics --------------------------------------------------------------
 
     async def get_bus_metrics(self) -> EventBusMetrics:
         """Counters of this bus since it was made."""
@@ -412,7 +413,8 @@ class EventBus:
         info = await self.backend.describe_topic(topic) if self._running else None
         counters = self.counters.topics.get(topic)
         subscriptions = [
-            s.dispatcher for s in self._subscriptions.values()
+            s.dispatcher
+            for s in self._subscriptions.values()
             if s.dispatcher.topic == topic
         ]
         groups = sorted({d.group_id for d in subscriptions if d.group_id})
@@ -429,7 +431,7 @@ class EventBus:
             retained_messages=info.message_count if info else None,
         )
 
-    # -- service -----------------------------------------------------------------------
+    # -- service --------------------------------------------------------------
 
     async def start_service(self) -> bool:
         """Start the bus; ``True`` once running."""
@@ -519,7 +521,7 @@ class EventBus:
             started = time.perf_counter()
             try:
                 await self.backend.ping()
-            except (PolybusError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, PolybusError, OSError) as exc:
                 issues.append(f"backend {self.backend.name} unreachable: {exc}")
             else:
                 reachable = True
@@ -533,6 +535,7 @@ class EventBus:
         if paused:
             issues.append(f"{paused} subscription(s) paused")
 
+        status: LiteralHealthStatus
         if not self._running or not reachable:
             status = "unhealthy"
         elif issues:
@@ -563,6 +566,10 @@ class EventBus:
             configuration_updates=self._configuration_updates,
             bus=bus,
         )
+
+
+def _start_position(value: str) -> StartPosition:
+    return "earliest" if value == "earliest" else "latest"
 
 
 def _as_event_message(message: ProtocolEventMessage) -> EventMessage:

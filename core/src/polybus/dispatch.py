@@ -129,7 +129,7 @@ class Dispatcher:
         self.failed = 0
         self.dead_lettered = 0
 
-    # -- the sink a stream feeds ---------------------------------------------------
+    # -- the sink a stream feeds ----------------------------------------------
 
     async def deliver(self, delivery: Delivery) -> None:
         """Queue a delivery on its partition's worker, waiting if it is full."""
@@ -149,7 +149,7 @@ class Dispatcher:
         """Record the partitions the stream reads now."""
         self._assigned = tuple(sorted(partitions))
 
-    # -- control ---------------------------------------------------------------------
+    # -- control --------------------------------------------------------------
 
     @property
     def state(self) -> SubscriptionState:
@@ -196,7 +196,7 @@ class Dispatcher:
             last_message_at=self._last_message_at,
         )
 
-    # -- handling one message ------------------------------------------------------
+    # -- handling one message -------------------------------------------------
 
     async def handle(self, delivery: Delivery, stopping: asyncio.Event) -> None:
         """Take one delivery through attempts, retries and dead-lettering."""
@@ -476,20 +476,20 @@ class _PartitionWorker:
             if self._stopping.is_set():
                 return
 
-    async def stop(self, timeout: float) -> None:
-        """Finish the running handler within ``timeout``, drop what waits."""
+    async def stop(self, grace: float) -> None:
+        """Finish the running handler within ``grace`` seconds, drop what waits."""
         self._stopping.set()
         if not self._busy:
             self._task.cancel()
 
-        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        done, _ = await asyncio.wait({self._task}, timeout=grace)
         if not done:
             logger.warning(
                 "Handler on partition %d of subscription %s still ran after %.1fs; "
                 "cancelled, its message stays unacknowledged",
                 self.partition,
                 self._dispatcher.subscription_id,
-                timeout,
+                grace,
             )
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

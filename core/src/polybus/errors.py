@@ -55,8 +55,7 @@ class UnknownBackendError(ConfigurationError):
             else "install the distribution that provides it"
         )
         super().__init__(
-            f"unknown event bus backend {name!r}; installed backends: {listed}; "
-            f"{hint}"
+            f"unknown event bus backend {name!r}; installed backends: {listed}; {hint}"
         )
 
 

@@ -61,6 +61,29 @@ def _coerce_uuid(name: str, value: object, *, required: bool) -> UUID | None:
     raise InvalidMessageError(name, value, "a UUID (or its string form)")
 
 
+def _as_value(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+
+    raise InvalidMessageError("value", value, "bytes (encode text with .encode())")
+
+
+def _as_key(key: object) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+
+    if isinstance(key, str):
+        return key.encode()
+
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+
+    raise InvalidMessageError("key", key, "bytes, str or None")
+
+
 def _check_header_value(path: str, value: object) -> None:
     if value is None or isinstance(value, str | bool | float):
         return
@@ -116,19 +139,8 @@ class EventMessage:
         if not isinstance(self.topic, str):
             raise InvalidMessageError("topic", self.topic, "a str")
 
-        if isinstance(self.value, bytearray | memoryview):
-            self.value = bytes(self.value)
-        elif not isinstance(self.value, bytes):
-            raise InvalidMessageError(
-                "value", self.value, "bytes (encode text with .encode())"
-            )
-
-        if isinstance(self.key, str):
-            self.key = self.key.encode()
-        elif isinstance(self.key, bytearray | memoryview):
-            self.key = bytes(self.key)
-        elif self.key is not None and not isinstance(self.key, bytes):
-            raise InvalidMessageError("key", self.key, "bytes, str or None")
+        self.value = _as_value(self.value)
+        self.key = _as_key(self.key)
 
         if not isinstance(self.headers, dict):
             raise InvalidMessageError("headers", self.headers, "a dict")
@@ -173,7 +185,7 @@ class EventMessage:
             self.message_id,
         )
 
-    # -- envelope ----------------------------------------------------------------
+    # -- envelope -------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         """Encode the message as a version 1 envelope."""
@@ -245,7 +257,7 @@ class EventMessage:
         self.causation_id = decoded.causation_id
         self.message_id = decoded.message_id
 
-    # -- settlement ----------------------------------------------------------------
+    # -- settlement -----------------------------------------------------------
 
     async def ack(self) -> None:
         """Acknowledge the message: it is never delivered to this group again."""
@@ -330,4 +342,3 @@ def _uuid_from(value: object) -> UUID | None:
     if not isinstance(value, bytes):
         raise TypeError(f"id must be 16 bytes, got {value!r}")
     return UUID(bytes=value)
-

@@ -85,7 +85,8 @@ class Registry:
         self._loaded = True
 
         entry_points = importlib_metadata.entry_points(group=ENTRY_POINT_GROUP)
-        for entry_point in sorted(entry_points, key=lambda ep: ep.name):
+        for entry_point in sorted(entry_points, key=lambda ep: str(ep.name)):
+            name = str(entry_point.name)
             distribution = entry_point.dist
             dist_name = distribution.name if distribution else "<unknown>"
             version = distribution.version if distribution else "0"
@@ -93,14 +94,14 @@ class Registry:
             try:
                 module = entry_point.load()
             except Exception as exc:
-                self._record_failure(entry_point.name, dist_name, exc)
+                self._record_failure(name, str(dist_name), exc)
                 continue
 
             self.register(
                 module,
-                distribution=dist_name,
-                version=version,
-                entry_point=entry_point.name,
+                distribution=str(dist_name),
+                version=str(version),
+                entry_point=name,
             )
 
     def register(
@@ -116,7 +117,7 @@ class Registry:
         This is what entry-point loading does for each plugin; call it to add a
         backend that is not installed as a distribution (tests, embedding).
         """
-        label = entry_point or getattr(plugin, "__name__", repr(plugin))
+        label = entry_point or str(getattr(plugin, "__name__", repr(plugin)))
 
         try:
             self._manager.register(plugin, name=f"{distribution}:{label}")
@@ -152,7 +153,7 @@ class Registry:
             if error.entry_point == name:
                 raise error
 
-        raise UnknownBackendError(name, self._backends, _BUILTIN_EXTRAS.get(name))
+        raise UnknownBackendError(name, list(self._backends), _BUILTIN_EXTRAS.get(name))
 
     def backends(self) -> list[InstalledBackend]:
         """Every loaded backend, by name."""
@@ -171,6 +172,8 @@ class Registry:
             if impl.plugin is not plugin:
                 continue
             result = impl.function()
+            if not isinstance(result, Iterable):
+                raise TypeError(f"polybus_backends returned {result!r}, not a list")
             for spec in result:
                 if not isinstance(spec, BackendSpec):
                     raise TypeError(

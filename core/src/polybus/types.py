@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 ContextValue: TypeAlias = (
-    str | int | float | bool | None | list["ContextValue"] | dict[str, "ContextValue"]
+    str | int | float | bool | list["ContextValue"] | dict[str, "ContextValue"] | None
 )
 """A value that keeps its type through every backend: header values and the
 context handed to a handler."""

@@ -67,7 +67,7 @@ class InMemoryBackend(Backend):
         self._streams: set[InMemoryStream] = set()
         self._connected = False
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------
 
     async def connect(self) -> None:
         self._connected = True
@@ -84,7 +84,7 @@ class InMemoryBackend(Backend):
         if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
 
-    # -- topics ------------------------------------------------------------------------
+    # -- topics ---------------------------------------------------------------
 
     async def create_topic(
         self,
@@ -95,7 +95,8 @@ class InMemoryBackend(Backend):
         if topic in self.topics:
             return False
 
-        self.topics[topic] = Topic(topic, [Partition() for _ in range(partition_count)])
+        partitions = [Partition() for _ in range(partition_count)]
+        self.topics[topic] = Topic(topic, partitions)
         logger.debug("Created topic %s with %d partitions", topic, partition_count)
         return True
 
@@ -138,7 +139,7 @@ class InMemoryBackend(Backend):
         except KeyError:
             raise TopicNotFoundError(topic) from None
 
-    # -- publishing --------------------------------------------------------------------
+    # -- publishing -----------------------------------------------------------
 
     async def publish(
         self, records: Sequence[OutboundRecord]
@@ -168,7 +169,7 @@ class InMemoryBackend(Backend):
         partition.trim(self.settings.retention_messages, self.settings.retention_ms)
         return None
 
-    # -- streams -----------------------------------------------------------------------
+    # -- streams --------------------------------------------------------------
 
     def open_stream(
         self,
@@ -247,16 +248,18 @@ class InMemoryStream(Stream):
 
     async def start(self) -> None:
         stored = self._backend.topic(self.topic)
-        offsets = (
-            stored.start_offsets() if self._start == "earliest" else stored.end_offsets()
-        )
+        if self._start == "earliest":
+            offsets = stored.start_offsets()
+        else:
+            offsets = stored.end_offsets()
 
         if self.group_id is None:
             self._group = Group.at(None, offsets)
         else:
             group = stored.groups.get(self.group_id)
             if group is None:
-                group = stored.groups[self.group_id] = Group.at(self.group_id, offsets)
+                group = Group.at(self.group_id, offsets)
+                stored.groups[self.group_id] = group
             self._group = group
 
         self.live = True
@@ -296,7 +299,7 @@ class InMemoryStream(Stream):
             membership.members.remove(self)
             await _rebalance(membership, len(stored.partitions))
 
-    # -- partitions ----------------------------------------------------------------------
+    # -- partitions -----------------------------------------------------------
 
     @property
     def partitions(self) -> set[int]:

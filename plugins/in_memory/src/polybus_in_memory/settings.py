@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from polybus.settings import BackendSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from polybus.settings import BackendSettings
 
 __all__ = ["InMemorySettings"]
 
