@@ -190,7 +190,7 @@ class InMemoryBackend(Backend):
         """Live streams reading ``topic``."""
         return sum(1 for s in self._streams if s.topic == topic and s.live)
 
-    # -- in-memory extras ----------------------------------------------------------------
+    # -- in-memory extras --------------------------------------------------------
 
     def clear(self) -> None:
         """Forget every topic, message and group."""
