@@ -1,0 +1,1 @@
+"""The ``polybus`` command line."""

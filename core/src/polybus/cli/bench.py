@@ -1,0 +1,106 @@
+"""Throughput of the configured backend through the whole polybus stack.
+
+Publish runs with several concurrent publishers while the consuming group is
+paused; consumption is then timed from resume until the group has handled every
+message. Per-backend benchmarks that set polybus against the raw client live in
+each plugin's ``bench`` folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from uuid import uuid4
+
+from polybus.bus import EventBus
+from polybus.message import EventMessage
+from polybus.types import ContextValue
+
+__all__ = ["BenchResult", "run_bench"]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    """Measured throughput."""
+
+    backend: str
+    messages: int
+    payload_bytes: int
+    partitions: int
+    publishers: int
+    publish_seconds: float
+    consume_seconds: float
+
+    @property
+    def publish_rate(self) -> float:
+        """Messages published per second."""
+        return self.messages / self.publish_seconds
+
+    @property
+    def consume_rate(self) -> float:
+        """Messages handled per second."""
+        return self.messages / self.consume_seconds
+
+
+async def run_bench(
+    bus: EventBus,
+    *,
+    messages: int = 10_000,
+    payload_bytes: int = 256,
+    partitions: int = 4,
+    publishers: int = 8,
+    timeout: float = 300.0,
+) -> BenchResult:
+    """Publish and consume ``messages`` on a started bus and time both."""
+    topic = f"polybus-bench-{uuid4().hex[:12]}"
+    await bus.create_topic(topic, partitions)
+
+    handled = 0
+    finished = asyncio.Event()
+
+    async def handler(message: EventMessage, context: dict[str, ContextValue]) -> None:
+        nonlocal handled
+        handled += 1
+        if handled >= messages:
+            finished.set()
+
+    subscription = await bus.subscribe_to_topic(topic, handler, group_id="bench")
+    await bus.pause_subscription(subscription)
+
+    try:
+        publish_seconds = await _publish(
+            bus, topic, messages, os.urandom(payload_bytes), publishers
+        )
+
+        started = time.perf_counter()
+        await bus.resume_subscription(subscription)
+        await asyncio.wait_for(finished.wait(), timeout=timeout)
+        consume_seconds = time.perf_counter() - started
+    finally:
+        await bus.unsubscribe_from_topic(subscription)
+        await bus.delete_topic(topic)
+
+    return BenchResult(
+        backend=bus.backend.name,
+        messages=messages,
+        payload_bytes=payload_bytes,
+        partitions=partitions,
+        publishers=publishers,
+        publish_seconds=publish_seconds,
+        consume_seconds=consume_seconds,
+    )
+
+
+async def _publish(
+    bus: EventBus, topic: str, messages: int, value: bytes, publishers: int
+) -> float:
+    async def publisher(index: int) -> None:
+        for number in range(index, messages, publishers):
+            message = EventMessage(topic, value, key=b"k%d" % (number % 64))
+            await bus.publish_event(topic, message)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(publisher(i) for i in range(publishers)))
+    return time.perf_counter() - started
