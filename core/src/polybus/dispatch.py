@@ -325,7 +325,7 @@ class Dispatcher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.max_attempts),
             wait=wait_exponential_jitter(
-                initial=self.retry.backoff_ms / 1000,
+                multiplier=self.retry.backoff_ms / 1000,
                 max=self.retry.backoff_max_ms / 1000,
                 jitter=self.retry.jitter_ms / 1000,
             ),
@@ -440,6 +440,7 @@ class _PartitionWorker:
         self._dispatcher = dispatcher
         self._stopping = asyncio.Event()
         self._busy = False
+        self._current: Delivery | None = None
         self._task = asyncio.create_task(
             self._run(),
             name=f"polybus-{dispatcher.subscription_id[:8]}-p{partition}",
@@ -448,30 +449,31 @@ class _PartitionWorker:
     @property
     def in_flight(self) -> int:
         """Deliveries held and not settled."""
-        return self.queue.qsize() + int(self._busy)
+        return self.queue.qsize() + int(self._current is not None)
 
     async def _run(self) -> None:
         dispatcher = self._dispatcher
 
         while True:
-            delivery = await self.queue.get()
+            self._current = await self.queue.get()
             await dispatcher._running.wait()
             if self._stopping.is_set():
                 return
 
             self._busy = True
             try:
-                await dispatcher.handle(delivery, self._stopping)
+                await dispatcher.handle(self._current, self._stopping)
             except Exception:
                 logger.exception(
                     "Delivery at partition %d offset %s of subscription %s was "
                     "left unacknowledged after an internal error",
                     self.partition,
-                    delivery.offset,
+                    self._current.offset,
                     dispatcher.subscription_id,
                 )
             finally:
                 self._busy = False
+                self._current = None
 
             if self._stopping.is_set():
                 return
