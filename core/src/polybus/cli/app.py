@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -47,8 +47,10 @@ app = typer.Typer(
 topics_app = typer.Typer(help="List, create, delete and describe topics.")
 app.add_typer(topics_app, name="topics")
 
-out = Console()
-err = Console(stderr=True)
+# Output that goes to a file or a pipe is not wrapped at 80 columns.
+_PIPED_WIDTH = 200
+out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 BackendOption = Annotated[
     str | None,
@@ -71,12 +73,19 @@ def _settings(backend: str | None, **overrides: Any) -> PolybusSettings:
     return PolybusSettings.model_validate({**settings.model_dump(), **update})
 
 
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
+@contextlib.contextmanager
+def _reported_errors() -> Iterator[None]:
+    """Turn a polybus error into one red line and exit status 1."""
     try:
-        return asyncio.run(factory())  # type: ignore[arg-type]
+        yield
     except PolybusError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=1) from exc
+
+
+def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    with _reported_errors():
+        return asyncio.run(factory())
 
 
 # -- plugins ---------------------------------------------------------------------
@@ -198,12 +207,16 @@ def publish(
     if values:
         lines: Iterator[str] = iter(values)
     elif file is not None and str(file) != "-":
-        lines = iter(file.read_text(encoding="utf-8").splitlines())
+        try:
+            lines = iter(file.read_text(encoding="utf-8").splitlines())
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {file}: {exc.strerror}") from exc
     else:
         lines = iter(sys.stdin.read().splitlines())
 
     if ndjson:
-        messages = list(_ndjson_messages(topic, lines))
+        with _reported_errors():
+            messages = list(_ndjson_messages(topic, lines))
     else:
         messages = [
             EventMessage(
@@ -381,7 +394,8 @@ def replay(
 ) -> None:
     """Replay a corpus of real events through consumer groups and summarise."""
     path = file or sample_corpus_path()
-    events = list(read_corpus(path))
+    with _reported_errors():
+        events = list(read_corpus(path))
     settings = _settings(backend)
     err.print(
         f"replaying {len(events)} events from {path.name} on backend "
