@@ -9,7 +9,6 @@ from uuid import uuid4
 
 import pytest
 import pytest_asyncio
-
 from conftest import Eventually
 from polybus import (
     BusClosedError,
@@ -319,7 +318,8 @@ async def test_pause_holds_and_resume_continues(
     for index in range(1, 6):
         await bus.publish_event("t", _msg("t", b"%d" % index))
     info = await bus.get_subscription_info(subscription)
-    assert info is not None and info.state == "paused"
+    assert info is not None
+    assert info.state == "paused"
 
     async def held() -> int:
         current = await bus.get_subscription_info(subscription)
@@ -389,7 +389,8 @@ async def test_topic_lifecycle_is_idempotent(bus: InMemoryEventBus) -> None:
     assert await bus.create_topic("t", 4)
     assert not await bus.create_topic("t", 2)
     info = await bus.get_topic_info("t")
-    assert info is not None and info.partition_count == 4
+    assert info is not None
+    assert info.partition_count == 4
 
     assert await bus.delete_topic("t")
     assert not await bus.delete_topic("t")
@@ -412,7 +413,8 @@ async def test_closed_bus_refuses_work_and_close_is_idempotent() -> None:
 
 async def test_service_protocol(bus: InMemoryEventBus) -> None:
     health = await bus.get_service_health()
-    assert health.status == "healthy" and health.backend_reachable
+    assert health.status == "healthy"
+    assert health.backend_reachable
 
     configuration = await bus.get_service_configuration()
     assert configuration.max_attempts == 3
@@ -435,7 +437,8 @@ async def test_service_protocol(bus: InMemoryEventBus) -> None:
     assert (await bus.get_service_health()).status == "unhealthy"
     assert await bus.start_service()
     metrics = await bus.get_service_metrics()
-    assert metrics.restarts == 1 and metrics.configuration_updates == 1
+    assert metrics.restarts == 1
+    assert metrics.configuration_updates == 1
 
 
 async def test_health_is_degraded_while_a_subscription_is_paused(

@@ -9,7 +9,6 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from polybus import (
     ContextValue,
     EventMessage,
@@ -68,7 +67,8 @@ def test_topic_and_value_are_enough() -> None:
     assert isinstance(message.message_id, UUID)
     assert message.timestamp.tzinfo is not None
     assert message.timestamp.utcoffset() == timedelta(0)
-    assert message.offset is None and message.partition is None
+    assert message.offset is None
+    assert message.partition is None
     assert isinstance(message, ProtocolEventMessage)
 
 

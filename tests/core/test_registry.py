@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
 from polybus import (
     BackendSpec,
     Capabilities,
@@ -84,7 +83,7 @@ def test_unknown_backend_lists_installed_ones_and_the_extra() -> None:
 def test_create_event_bus_reports_unknown_backend() -> None:
     settings = PolybusSettings(backend="nope")
 
-    with pytest.raises(UnknownBackendError, match="'nope'.*in_memory"):
+    with pytest.raises(UnknownBackendError, match=r"'nope'.*in_memory"):
         create_event_bus(settings)
 
 
@@ -285,7 +284,8 @@ def test_cli_lists_plugins_and_reports_the_broken_one(third_party_env: Path) -> 
     result = _run_in(third_party_env, polybus, "plugins", backend="in_memory")
 
     assert result.returncode == 0, result.stderr
-    assert "acme" in result.stdout and "1.2.3" in result.stdout
+    assert "acme" in result.stdout
+    assert "1.2.3" in result.stdout
     assert "polybus-broken" in result.stderr
     assert "libbroken.so" in result.stderr
 
