@@ -155,3 +155,25 @@ def test_bench_reports_rates() -> None:
     assert result.exit_code == 0, result.output
     assert "publish" in result.stdout
     assert "msgs/s" in result.stdout
+
+
+def test_dlq_list_of_a_topic_without_dead_letters_is_empty() -> None:
+    result = runner.invoke(app, ["dlq", "list", "orders"])
+
+    assert result.exit_code == 0, result.output
+    assert "dead letters of orders" in result.stdout
+
+
+def test_dlq_retry_of_an_unknown_id_fails_clearly() -> None:
+    result = runner.invoke(app, ["dlq", "retry", "orders", "nope"])
+
+    assert result.exit_code == 1
+    assert "no dead letter with id 'nope'" in result.stderr
+
+
+def test_dlq_analyze_prints_tables() -> None:
+    result = runner.invoke(app, ["dlq", "analyze", "orders", "--hours", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert "0 failure(s) of orders in the last 2h" in result.stdout
+    assert "by exception" in result.stdout

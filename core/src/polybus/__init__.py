@@ -17,14 +17,18 @@ from polybus.backend import (
     Delivery,
     DeliverySink,
     OutboundRecord,
+    StoredRecord,
     Stream,
 )
 from polybus.bus import EventBus
+from polybus.codecs import CODEC_HEADER
+from polybus.dlq import DeadLetterQueue
 from polybus.errors import (
     BackendUnavailableError,
     BusClosedError,
     CodecUnavailableError,
     ConfigurationError,
+    DeadLetterNotFoundError,
     DuplicateBackendError,
     InvalidHandlerError,
     InvalidMessageError,
@@ -45,6 +49,7 @@ from polybus.factory import create_backend_settings, create_event_bus
 from polybus.hookspecs import hookimpl
 from polybus.message import EventMessage
 from polybus.partitioner import murmur2, partition_for_key
+from polybus.publisher import EventPublisher
 from polybus.protocols import (
     ProtocolDLQHandler,
     ProtocolEventBus,
@@ -66,6 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "CODEC_HEADER",
     "Backend",
     "BackendSettings",
     "BackendSpec",
@@ -75,11 +81,14 @@ __all__ = [
     "CodecUnavailableError",
     "ConfigurationError",
     "ContextValue",
+    "DeadLetterNotFoundError",
+    "DeadLetterQueue",
     "Delivery",
     "DeliverySink",
     "DuplicateBackendError",
     "EventBus",
     "EventMessage",
+    "EventPublisher",
     "InstalledBackend",
     "InvalidHandlerError",
     "InvalidMessageError",
@@ -105,6 +114,7 @@ __all__ = [
     "ProtocolSchemaRegistry",
     "Registry",
     "SerializationError",
+    "StoredRecord",
     "Stream",
     "SubscriptionNotFoundError",
     "TopicNotFoundError",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 from uuid import UUID
 
+from polybus.errors import UnsupportedOperationError
 from polybus.types import ContextValue, TopicInfo
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "DeliverySink",
     "OutboundRecord",
     "StartPosition",
+    "StoredRecord",
     "Stream",
 ]
 
@@ -63,6 +65,9 @@ class Capabilities:
     """``TopicInfo.message_count`` is filled in."""
     max_message_bytes: int | None = None
     """Largest envelope the broker accepts, if it has a limit."""
+    browse: bool = False
+    """``Backend.read_topic`` can list retained messages without consuming
+    them; the dead-letter queue handler needs it."""
     limitations: Mapping[str, str] = field(default_factory=dict)
     """Contract clause to the reason this backend does not meet it."""
 
@@ -81,6 +86,18 @@ class OutboundRecord:
     """The serialized envelope."""
     message_id: UUID
     """Id of the message, for error reports."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One retained envelope, read without being consumed."""
+
+    partition: int
+    """Partition it is stored in."""
+    offset: str
+    """Backend position of the message, as text."""
+    payload: bytes
+    """The serialized envelope."""
 
 
 @dataclass(slots=True, eq=False)
@@ -194,6 +211,22 @@ class Backend(abc.ABC):
         Returns, for each record in order, ``None`` once the broker has taken it
         or the exception that stopped it. It raises only when nothing was sent.
         """
+
+    async def read_topic(
+        self, topic: str, *, limit: int | None = None
+    ) -> list[StoredRecord]:
+        """Retained records of ``topic`` without consuming them.
+
+        Records come partition by partition, oldest first within each; at most
+        ``limit`` of them when given. A backend that can do this sets
+        ``Capabilities.browse``.
+
+        :raises TopicNotFoundError: if the topic does not exist.
+        :raises UnsupportedOperationError: if the backend cannot browse.
+        """
+        raise UnsupportedOperationError(
+            self.name, "read_topic", "it cannot list messages without consuming them"
+        )
 
     @abc.abstractmethod
     def open_stream(

@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
@@ -20,19 +19,17 @@ from polybus.errors import (
     BusClosedError,
     ConfigurationError,
     InvalidHandlerError,
-    InvalidMessageError,
     MessageTooLargeError,
     PolybusError,
     SubscriptionNotFoundError,
     TopicNotFoundError,
 )
-from polybus.message import EventMessage
+from polybus.message import EventMessage, as_event_message
 from polybus.metrics import BusCounters
 from polybus.partitioner import partition_for_key
 from polybus.protocols import ProtocolEventHandler, ProtocolEventMessage
 from polybus.settings import PolybusSettings
 from polybus.types import (
-    ContextValue,
     EventBusConfiguration,
     EventBusHealth,
     EventBusMetrics,
@@ -157,7 +154,7 @@ class EventBus:
         """
         self._check_running()
         validate_topic_name(topic)
-        record = await self._record_for(topic, message, partition_key)
+        record = await self.record_for(topic, message, partition_key)
 
         started = time.perf_counter()
         try:
@@ -174,13 +171,24 @@ class EventBus:
 
         self._record_published(topic, len(record.payload), started)
 
-    async def _record_for(
+    def note_published(self, topic: str, size: int) -> None:
+        """Count a message published around :meth:`publish_event`."""
+        counters = self.counters.topics[topic]
+        counters.published += 1
+        counters.bytes_published += size
+
+    async def record_for(
         self,
         topic: str,
         message: ProtocolEventMessage,
         partition_key: str | None,
     ) -> OutboundRecord:
-        event = _as_event_message(message)
+        """The record for ``message`` on ``topic``: envelope, size check, partition.
+
+        :raises MessageTooLargeError: if the envelope exceeds the maximum size.
+        :raises TopicNotFoundError: if the topic is missing and not auto-created.
+        """
+        event = as_event_message(message)
         if event.topic != topic:
             event = dataclasses.replace(event, topic=topic)
 
@@ -206,7 +214,7 @@ class EventBus:
         self.counters.publish_latency.add((time.perf_counter() - started) * 1000)
 
     async def _publish_dead_letter(self, topic: str, message: EventMessage) -> None:
-        record = await self._record_for(topic, message, None)
+        record = await self.record_for(topic, message, None)
         (outcome,) = await self.backend.publish([record])
         if outcome is not None:
             raise outcome
@@ -570,23 +578,3 @@ class EventBus:
 
 def _start_position(value: str) -> StartPosition:
     return "earliest" if value == "earliest" else "latest"
-
-
-def _as_event_message(message: ProtocolEventMessage) -> EventMessage:
-    if isinstance(message, EventMessage):
-        return message
-
-    if not isinstance(message, ProtocolEventMessage):
-        raise InvalidMessageError("message", message, "an EventMessage")
-
-    headers: Mapping[str, ContextValue] = message.headers
-    return EventMessage(
-        topic=message.topic,
-        value=message.value,
-        key=message.key,
-        headers=dict(headers),
-        timestamp=message.timestamp,
-        correlation_id=message.correlation_id,
-        causation_id=message.causation_id,
-        message_id=message.message_id,
-    )

@@ -36,7 +36,13 @@ from tenacity import (
 )
 
 from polybus.backend import Delivery
-from polybus.errors import MessageRejectedError, SerializationError
+from polybus.codecs import decompress_message
+from polybus.errors import (
+    CodecUnavailableError,
+    MessageRejectedError,
+    PolybusError,
+    SerializationError,
+)
 from polybus.message import EventMessage
 from polybus.metrics import BusCounters
 from polybus.settings import RetrySettings
@@ -64,7 +70,7 @@ class DeadLetterTarget(Protocol):
         payload: bytes,
         group_id: str | None,
         first_failure_at: datetime,
-    ) -> None:
+    ) -> object:
         """Store a dead letter durably, or raise if it could not be stored."""
 
 
@@ -205,10 +211,14 @@ class Dispatcher:
         self._counters.bytes_consumed += len(delivery.payload)
 
         try:
-            message = EventMessage.from_bytes(
-                delivery.payload, partition=delivery.partition, offset=delivery.offset
+            message = decompress_message(
+                EventMessage.from_bytes(
+                    delivery.payload,
+                    partition=delivery.partition,
+                    offset=delivery.offset,
+                )
             )
-        except SerializationError as exc:
+        except (SerializationError, CodecUnavailableError) as exc:
             await self._dead_letter_undecodable(delivery, exc, stopping)
             return
 
@@ -368,10 +378,10 @@ class Dispatcher:
         self._counters.dead_lettered += 1
 
     async def _dead_letter_undecodable(
-        self, delivery: Delivery, error: SerializationError, stopping: asyncio.Event
+        self, delivery: Delivery, error: PolybusError, stopping: asyncio.Event
     ) -> None:
         logger.error(
-            "Message at %s/%d@%s of subscription %s is not a polybus envelope: %s",
+            "Message at %s/%d@%s of subscription %s cannot be decoded: %s",
             self.topic,
             delivery.partition,
             delivery.offset,

@@ -15,17 +15,36 @@ what happened, after the Kafka Connect and Spring conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Final
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
+from uuid import UUID
 
-from polybus.message import EventMessage
+from polybus.errors import (
+    ConfigurationError,
+    DeadLetterNotFoundError,
+    SerializationError,
+)
+from polybus.message import EventMessage, as_event_message
+from polybus.protocols import ProtocolEventMessage
 from polybus.settings import DeadLetterSettings
-from polybus.types import ContextValue
+from polybus.types import ContextValue, DLQMessage, DLQResult, FailureAnalysis
+from polybus.validation import validate_topic_name
 
-__all__ = ["HEADER_PREFIX", "DeadLetterWriter", "dead_letter_headers"]
+if TYPE_CHECKING:
+    from polybus.bus import EventBus
+
+__all__ = [
+    "HEADER_PREFIX",
+    "LEDGER_SUFFIX",
+    "DeadLetterQueue",
+    "DeadLetterWriter",
+    "dead_letter_headers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +104,11 @@ class DeadLetterWriter:
         payload: bytes,
         group_id: str | None,
         first_failure_at: datetime,
-    ) -> None:
+    ) -> UUID | None:
         """Store ``message`` as a dead letter; raise if it could not be stored.
 
         :param payload: the bytes the broker delivered, kept as the value.
+        :returns: the dead letter's id, ``None`` when dead-lettering is off.
         """
         if not self._settings.enabled:
             logger.error(
@@ -99,7 +119,7 @@ class DeadLetterWriter:
                 attempts,
                 error,
             )
-            return
+            return None
 
         headers = dead_letter_headers(
             message,
@@ -129,3 +149,290 @@ class DeadLetterWriter:
             type(error).__name__,
             error,
         )
+        return letter.message_id
+
+
+LEDGER_SUFFIX: Final = ".ledger"
+"""A dead-letter topic's ledger, ``<topic>.dlq.ledger``, records which dead
+letters were retried or cleared, so the queue itself stays append-only and
+works on every backend that can browse a topic."""
+
+_RESOLVES: Final = f"{HEADER_PREFIX}resolves"
+_RESOLUTION: Final = f"{HEADER_PREFIX}resolution"
+
+
+class DeadLetterQueue:
+    """ProtocolDLQHandler over the dead-letter topics of a bus.
+
+    Dead letters stay where the dispatch layer wrote them, on the backend; this
+    class lists, replays, clears and analyses them from any process. Reading
+    needs a backend whose capabilities declare ``browse``.
+
+    :param bus: a started event bus.
+    """
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+
+    @property
+    def _writer(self) -> DeadLetterWriter:
+        return self.bus.dead_letters
+
+    async def handle_failed_message(
+        self,
+        message: ProtocolEventMessage,
+        error: Exception,
+        retry_count: int,
+    ) -> DLQResult:
+        """Dead-letter ``message`` if its attempts are used up.
+
+        With fewer than ``retry.max_attempts`` attempts the result says the
+        message may be tried again and nothing is written.
+        """
+        event = as_event_message(message)
+        target = self._writer.topic_for(event.topic)
+        limit = self.bus.settings.retry.max_attempts
+
+        if retry_count < limit:
+            return DLQResult(
+                message_id=event.message_id,
+                dead_lettered=False,
+                retry_eligible=True,
+                dlq_topic=target,
+                dlq_message_id=None,
+                retry_count=retry_count,
+                reason=f"{type(error).__name__}: {error}",
+            )
+
+        letter_id = await self._writer.dead_letter(
+            event,
+            error,
+            retry_count,
+            payload=event.to_bytes(),
+            group_id=None,
+            first_failure_at=datetime.now(UTC),
+        )
+        return DLQResult(
+            message_id=event.message_id,
+            dead_lettered=True,
+            retry_eligible=False,
+            dlq_topic=target,
+            dlq_message_id=str(letter_id) if letter_id else None,
+            retry_count=retry_count,
+            reason=f"{type(error).__name__}: {error}",
+        )
+
+    async def get_dlq_messages(self, topic: str, limit: int = 100) -> list[DLQMessage]:
+        """Dead letters of ``topic`` not yet retried or cleared, oldest first."""
+        letters = await self._open_letters(topic)
+        letters.sort(key=lambda letter: letter.last_failure_at)
+        return letters[:limit]
+
+    async def retry_failed_message(self, dlq_message_id: str) -> bool:
+        """Publish a dead letter's original again to its topic.
+
+        The original keeps its message id and gains a
+        ``polybus.dlq.replay_count`` header one higher than before.
+
+        :returns: ``False`` if it was already retried or cleared.
+        :raises DeadLetterNotFoundError: if no dead letter has that id.
+        """
+        for topic in await self._source_topics():
+            letters = await self._letters(topic)
+            resolved = await self._resolved(topic)
+            for letter in letters:
+                if letter.dlq_message_id != dlq_message_id:
+                    continue
+                if dlq_message_id in resolved:
+                    return False
+                await self._replay(letter)
+                await self._resolve(topic, [dlq_message_id], "retried")
+                return True
+
+        raise DeadLetterNotFoundError(dlq_message_id)
+
+    async def clear_dlq_messages(self, topic: str, older_than_hours: int) -> int:
+        """Mark dead letters of ``topic`` that failed before the cut-off as cleared.
+
+        :returns: how many were cleared.
+        """
+        if older_than_hours < 0:
+            raise ConfigurationError(
+                f"older_than_hours must not be negative, got {older_than_hours}"
+            )
+
+        cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+        stale = [
+            letter.dlq_message_id
+            for letter in await self._open_letters(topic)
+            if letter.last_failure_at <= cutoff
+        ]
+        if stale:
+            await self._resolve(topic, stale, "cleared")
+        return len(stale)
+
+    async def analyze_failure_patterns(
+        self, topic: str, time_range_hours: int
+    ) -> FailureAnalysis:
+        """Count dead letters of ``topic`` in the last ``time_range_hours``."""
+        since = datetime.now(UTC) - timedelta(hours=time_range_hours)
+        letters = [
+            letter
+            for letter in await self._letters(topic)
+            if letter.last_failure_at >= since
+        ]
+        resolved = await self._resolved(topic)
+
+        by_hour: Counter[str] = Counter(
+            letter.last_failure_at.strftime("%Y-%m-%dT%H:00Z") for letter in letters
+        )
+        outcomes: Counter[str] = Counter()
+        for letter in letters:
+            state = resolved.get(letter.dlq_message_id)
+            if state is not None:
+                outcomes[state] += 1
+            if letter.replay_count:
+                outcomes["failed_again"] += 1
+
+        return FailureAnalysis(
+            topic=topic,
+            time_range_hours=time_range_hours,
+            total_failures=len(letters),
+            by_exception_type=dict(Counter(x.exception_type for x in letters)),
+            by_hour=dict(sorted(by_hour.items())),
+            top_error_messages=tuple(
+                Counter(x.failure_reason for x in letters).most_common(10)
+            ),
+            affected_topics=tuple(sorted({x.original_topic for x in letters})),
+            affected_groups=tuple(
+                sorted({x.consumer_group for x in letters if x.consumer_group})
+            ),
+            retried=outcomes["retried"],
+            retry_outcomes=dict(outcomes),
+        )
+
+    # -- reading the queue and its ledger ----------------------------------------
+
+    async def _source_topics(self) -> list[str]:
+        suffix = self.bus.settings.dead_letter.topic_suffix
+        return [
+            name.removesuffix(suffix)
+            for name in await self.bus.list_topics()
+            if name.endswith(suffix)
+        ]
+
+    async def _records(self, topic: str) -> list[EventMessage]:
+        if await self.bus.get_topic_info(topic) is None:
+            return []
+
+        messages = []
+        for record in await self.bus.backend.read_topic(topic):
+            try:
+                messages.append(
+                    EventMessage.from_bytes(
+                        record.payload, partition=record.partition, offset=record.offset
+                    )
+                )
+            except SerializationError as exc:
+                logger.warning(
+                    "Skipping record %s/%d@%s: %s",
+                    topic,
+                    record.partition,
+                    record.offset,
+                    exc,
+                )
+        return messages
+
+    async def _letters(self, topic: str) -> list[DLQMessage]:
+        validate_topic_name(topic)
+        target = self._writer.topic_for(topic)
+        return [_as_dlq_message(m) for m in await self._records(target)]
+
+    async def _resolved(self, topic: str) -> dict[str, str]:
+        ledger = self._writer.topic_for(topic) + LEDGER_SUFFIX
+        resolved: dict[str, str] = {}
+        for entry in await self._records(ledger):
+            letter = entry.headers.get(_RESOLVES)
+            outcome = entry.headers.get(_RESOLUTION)
+            if isinstance(letter, str) and isinstance(outcome, str):
+                resolved[letter] = outcome
+        return resolved
+
+    async def _open_letters(self, topic: str) -> list[DLQMessage]:
+        resolved = await self._resolved(topic)
+        return [
+            letter
+            for letter in await self._letters(topic)
+            if letter.dlq_message_id not in resolved
+        ]
+
+    async def _replay(self, letter: DLQMessage) -> None:
+        original: EventMessage = letter.original_message
+        headers = {
+            **original.headers,
+            f"{HEADER_PREFIX}replay_count": letter.replay_count + 1,
+        }
+        replayed = dataclasses.replace(
+            original, headers=headers, partition=None, offset=None
+        )
+        await self.bus.publish_event(letter.original_topic, replayed)
+
+    async def _resolve(self, topic: str, letter_ids: list[str], outcome: str) -> None:
+        ledger = self._writer.topic_for(topic) + LEDGER_SUFFIX
+        now = datetime.now(UTC).isoformat()
+        for letter_id in letter_ids:
+            entry = EventMessage(
+                topic=ledger,
+                value=b"",
+                headers={
+                    _RESOLVES: letter_id,
+                    _RESOLUTION: outcome,
+                    f"{HEADER_PREFIX}resolved_at": now,
+                },
+            )
+            await self.bus.publish_event(ledger, entry)
+
+
+def _as_dlq_message(letter: EventMessage) -> DLQMessage:
+    headers = letter.headers
+
+    def text(name: str) -> str:
+        value = headers.get(f"{HEADER_PREFIX}{name}")
+        return value if isinstance(value, str) else ""
+
+    def number(name: str) -> int:
+        value = headers.get(f"{HEADER_PREFIX}{name}")
+        return value if isinstance(value, int) else 0
+
+    try:
+        original = EventMessage.from_bytes(letter.value)
+    except SerializationError:
+        original = EventMessage(topic=text("original_topic") or "unknown", value=b"")
+        original = dataclasses.replace(original, value=letter.value)
+
+    partition = headers.get(f"{HEADER_PREFIX}original_partition")
+    offset = headers.get(f"{HEADER_PREFIX}original_offset")
+    group = headers.get(f"{HEADER_PREFIX}consumer_group")
+    last = _parse_time(text("last_failure_at")) or letter.timestamp
+    return DLQMessage(
+        dlq_message_id=str(letter.message_id),
+        original_message=original,
+        original_topic=text("original_topic"),
+        original_partition=partition if isinstance(partition, int) else None,
+        original_offset=offset if isinstance(offset, str) else None,
+        consumer_group=group if isinstance(group, str) else None,
+        failure_reason=text("exception_message"),
+        exception_type=text("exception_type"),
+        stack_trace=text("stack_trace"),
+        attempt_count=number("attempts"),
+        first_failure_at=_parse_time(text("first_failure_at")) or last,
+        last_failure_at=last,
+        replay_count=number("replay_count"),
+    )
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

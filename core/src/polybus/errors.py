@@ -13,6 +13,7 @@ __all__ = [
     "BackendUnavailableError",
     "BusClosedError",
     "CodecUnavailableError",
+    "DeadLetterNotFoundError",
     "ConfigurationError",
     "DuplicateBackendError",
     "InvalidHandlerError",
@@ -213,3 +214,11 @@ class InvalidHandlerError(PolybusError, TypeError):
             f"a handler is an async callable (message, context) -> None, got "
             f"{handler!r}"
         )
+
+
+class DeadLetterNotFoundError(PolybusError, LookupError):
+    """No dead-letter topic holds a dead letter with the given id."""
+
+    def __init__(self, dlq_message_id: str) -> None:
+        self.dlq_message_id = dlq_message_id
+        super().__init__(f"no dead letter with id {dlq_message_id!r}")

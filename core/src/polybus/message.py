@@ -28,9 +28,16 @@ from polybus.errors import (
     MessageNotDeliveredError,
     SerializationError,
 )
+from polybus.protocols import ProtocolEventMessage
 from polybus.types import ContextValue
 
-__all__ = ["ENVELOPE_MAGIC", "ENVELOPE_VERSION", "EventMessage", "Settlement"]
+__all__ = [
+    "ENVELOPE_MAGIC",
+    "ENVELOPE_VERSION",
+    "EventMessage",
+    "Settlement",
+    "as_event_message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -342,3 +349,26 @@ def _uuid_from(value: object) -> UUID | None:
     if not isinstance(value, bytes):
         raise TypeError(f"id must be 16 bytes, got {value!r}")
     return UUID(bytes=value)
+
+
+def as_event_message(message: ProtocolEventMessage) -> EventMessage:
+    """``message`` as an :class:`EventMessage`, copied if it is another kind.
+
+    :raises InvalidMessageError: if it is not an event message at all.
+    """
+    if isinstance(message, EventMessage):
+        return message
+
+    if not isinstance(message, ProtocolEventMessage):
+        raise InvalidMessageError("message", message, "an EventMessage")
+
+    return EventMessage(
+        topic=message.topic,
+        value=message.value,
+        key=message.key,
+        headers=dict(message.headers),
+        timestamp=message.timestamp,
+        correlation_id=message.correlation_id,
+        causation_id=message.causation_id,
+        message_id=message.message_id,
+    )

@@ -25,12 +25,13 @@ from rich.table import Table
 from polybus.cli.bench import run_bench
 from polybus.cli.corpus import read_corpus, sample_corpus_path
 from polybus.cli.replay import GROUPS, ReplayReport, run_replay
+from polybus.dlq import DeadLetterQueue
 from polybus.errors import PolybusError, SerializationError
 from polybus.factory import create_event_bus
 from polybus.message import EventMessage
 from polybus.registry import default_registry
 from polybus.settings import PolybusSettings
-from polybus.types import ContextValue
+from polybus.types import ContextValue, DLQMessage, FailureAnalysis
 
 __all__ = ["app", "main"]
 
@@ -46,6 +47,8 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="List, create, delete and describe topics.")
 app.add_typer(topics_app, name="topics")
+dlq_app = typer.Typer(help="Inspect, replay and clear dead letters of a topic.")
+app.add_typer(dlq_app, name="dlq")
 
 # Output that goes to a file or a pipe is not wrapped at 80 columns.
 _PIPED_WIDTH = 200
@@ -373,6 +376,137 @@ def topics_info(topic: str, backend: BackendOption = None) -> None:
         err.print(f"topic {topic!r} does not exist", highlight=False)
         raise typer.Exit(code=1)
     print(json.dumps(described, indent=2))
+
+
+# -- dead letters ----------------------------------------------------------------
+
+
+def _letter_json(letter: DLQMessage) -> dict[str, Any]:
+    original: EventMessage = letter.original_message
+    return {
+        "dlq_message_id": letter.dlq_message_id,
+        "original_topic": letter.original_topic,
+        "original_partition": letter.original_partition,
+        "original_offset": letter.original_offset,
+        "consumer_group": letter.consumer_group,
+        "exception_type": letter.exception_type,
+        "failure_reason": letter.failure_reason,
+        "attempt_count": letter.attempt_count,
+        "first_failure_at": letter.first_failure_at.isoformat(),
+        "last_failure_at": letter.last_failure_at.isoformat(),
+        "replay_count": letter.replay_count,
+        "message": _as_json(original),
+    }
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: str,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    backend: BackendOption = None,
+) -> None:
+    """Dead letters of TOPIC not yet retried or cleared."""
+
+    async def letters() -> list[DLQMessage]:
+        async with create_event_bus(_settings(backend)) as bus:
+            return await DeadLetterQueue(bus).get_dlq_messages(topic, limit)
+
+    found = _run(letters)
+    table = Table(title=f"dead letters of {topic}")
+    for column in ("id", "last failure", "group", "exception", "reason", "tries"):
+        table.add_column(column)
+    for letter in found:
+        table.add_row(
+            letter.dlq_message_id,
+            letter.last_failure_at.strftime("%Y-%m-%d %H:%M:%S"),
+            letter.consumer_group or "-",
+            letter.exception_type,
+            letter.failure_reason,
+            str(letter.attempt_count),
+        )
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(topic: str, dlq_message_id: str, backend: BackendOption = None) -> None:
+    """One dead letter of TOPIC as JSON, with its stack trace."""
+
+    async def letters() -> list[DLQMessage]:
+        async with create_event_bus(_settings(backend)) as bus:
+            return await DeadLetterQueue(bus).get_dlq_messages(topic, limit=1_000_000)
+
+    for letter in _run(letters):
+        if letter.dlq_message_id == dlq_message_id:
+            print(json.dumps(_letter_json(letter), indent=2))
+            print(letter.stack_trace)
+            return
+
+    err.print(f"no open dead letter {dlq_message_id!r} for {topic}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+@dlq_app.command("retry")
+def dlq_retry(topic: str, dlq_message_id: str, backend: BackendOption = None) -> None:
+    """Publish a dead letter's original to TOPIC again."""
+
+    async def retry() -> bool:
+        async with create_event_bus(_settings(backend)) as bus:
+            return await DeadLetterQueue(bus).retry_failed_message(dlq_message_id)
+
+    if not _run(retry):
+        err.print(f"{dlq_message_id} was already retried or cleared", highlight=False)
+        raise typer.Exit(code=1)
+    out.print(f"{dlq_message_id}: republished to {topic}", highlight=False)
+
+
+@dlq_app.command("clear")
+def dlq_clear(
+    topic: str,
+    older_than_hours: Annotated[int, typer.Option(min=0)] = 0,
+    backend: BackendOption = None,
+) -> None:
+    """Clear dead letters of TOPIC older than the given age."""
+
+    async def clear() -> int:
+        async with create_event_bus(_settings(backend)) as bus:
+            return await DeadLetterQueue(bus).clear_dlq_messages(
+                topic, older_than_hours
+            )
+
+    out.print(f"cleared {_run(clear)} dead letter(s) of {topic}", highlight=False)
+
+
+@dlq_app.command("analyze")
+def dlq_analyze(
+    topic: str,
+    hours: Annotated[int, typer.Option(min=1)] = 24,
+    backend: BackendOption = None,
+) -> None:
+    """Failure patterns of TOPIC's dead letters, as tables."""
+
+    async def analyze() -> FailureAnalysis:
+        async with create_event_bus(_settings(backend)) as bus:
+            return await DeadLetterQueue(bus).analyze_failure_patterns(topic, hours)
+
+    analysis = _run(analyze)
+    out.print(
+        f"{analysis.total_failures} failure(s) of {topic} in the last {hours}h; "
+        f"groups: {', '.join(analysis.affected_groups) or '-'}; "
+        f"replayed: {analysis.retried}",
+        highlight=False,
+    )
+    for title, rows in (
+        ("by exception", sorted(analysis.by_exception_type.items())),
+        ("by hour", sorted(analysis.by_hour.items())),
+        ("most common reasons", list(analysis.top_error_messages)),
+        ("retry outcomes", sorted(analysis.retry_outcomes.items())),
+    ):
+        table = Table(title=title)
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        for what, count in rows:
+            table.add_row(what, str(count))
+        out.print(table)
 
 
 # -- replay ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from polybus.backend import (
     DeliverySink,
     OutboundRecord,
     StartPosition,
+    StoredRecord,
     Stream,
 )
 from polybus.errors import MessageTooLargeError, TopicNotFoundError
@@ -36,6 +37,7 @@ CAPABILITIES = Capabilities(
     earliest_start=True,
     topic_message_count=True,
     max_message_bytes=None,
+    browse=True,
     limitations={
         "durability": "messages live in the process's memory and are gone when "
         "it exits",
@@ -168,6 +170,19 @@ class InMemoryBackend(Backend):
         partition.append(record.key, record.payload)
         partition.trim(self.settings.retention_messages, self.settings.retention_ms)
         return None
+
+    async def read_topic(
+        self, topic: str, *, limit: int | None = None
+    ) -> list[StoredRecord]:
+        stored = self.topic(topic)
+
+        records: list[StoredRecord] = []
+        for index, partition in enumerate(stored.partitions):
+            for record in partition.records:
+                if limit is not None and len(records) >= limit:
+                    return records
+                records.append(StoredRecord(index, str(record.offset), record.payload))
+        return records
 
     # -- streams --------------------------------------------------------------
 
