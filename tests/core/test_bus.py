@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 import pytest_asyncio
-from conftest import Eventually
+
 from polybus import (
     BusClosedError,
     ConfigurationError,
@@ -32,6 +32,7 @@ from polybus.dlq import HEADER_PREFIX
 from polybus.settings import RetrySettings
 from polybus.types import ContextValue
 from polybus_in_memory import InMemoryBackend, InMemoryEventBus
+from waiting import Eventually
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from polybus.cli.app import app
 from polybus.cli.corpus import read_corpus, sample_corpus_path
 from polybus.errors import SerializationError
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from polybus import CODEC_HEADER, EventMessage
 from polybus.codecs import compress_message, decompress_message, get_codec
 from polybus.errors import SerializationError

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from conftest import Eventually
 from polybus import (
     DeadLetterNotFoundError,
     DeadLetterQueue,
@@ -19,6 +18,7 @@ from polybus import (
 from polybus.settings import RetrySettings
 from polybus.types import ContextValue
 from polybus_in_memory import InMemoryBackend, InMemoryEventBus
+from waiting import Eventually
 
 pytestmark = pytest.mark.asyncio
 

@@ -7,6 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
+
 from polybus import murmur2, partition_for_key
 
 # Hash values the Java Kafka client's own tests pin for these inputs.

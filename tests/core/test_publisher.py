@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import pytest_asyncio
-from conftest import Eventually
+
 from polybus import (
     CODEC_HEADER,
     CodecUnavailableError,
@@ -21,6 +21,7 @@ from polybus import (
 )
 from polybus.types import ContextValue
 from polybus_in_memory import InMemoryBackend, InMemoryEventBus
+from waiting import Eventually
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
 from polybus import (
     BackendSpec,
     Capabilities,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from polybus import BackendSettings, PolybusSettings
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsConfigDict
+
+from polybus import BackendSettings, PolybusSettings
 
 
 class _AcmeSettings(BackendSettings):
