@@ -264,8 +264,10 @@ def _probe(port: int, timeout: float) -> None:
 class TansuBroker:
     """A Tansu broker subprocess listening on one loopback port.
 
-    The broker's output goes to ``tansu.log`` in a temporary directory that is
-    kept after :meth:`stop`, so :meth:`log_tail` can explain a failure.
+    The broker's output is appended to ``tansu.log`` in a temporary directory
+    that is kept after :meth:`stop`, so :meth:`log_tail` can explain a
+    failure. It must not go to a pipe: once about 64 KiB of unread log fills
+    one, Tansu blocks and stops answering clients.
 
     :param port: the loopback port to listen on; a free one when ``None``.
     :param binary: the ``tansu`` executable; :func:`find_tansu_binary` when
