@@ -104,7 +104,14 @@ class EventBus:
 
             logger.debug("Stopping event bus on backend %s", self.backend.name)
             for subscription_id in list(self._subscriptions):
-                await self._unsubscribe(subscription_id)
+                try:
+                    await self._unsubscribe(subscription_id)
+                except Exception:
+                    logger.exception(
+                        "Subscription %s did not stop cleanly; its unsettled "
+                        "messages stay with the broker",
+                        subscription_id,
+                    )
 
             self._running = False
             self._partition_counts.clear()
