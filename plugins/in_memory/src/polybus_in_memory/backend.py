@@ -22,7 +22,13 @@ from polybus.errors import MessageTooLargeError, TopicNotFoundError
 from polybus.types import ContextValue, MemoryUsage, TopicInfo
 
 from polybus_in_memory.settings import InMemorySettings
-from polybus_in_memory.store import Group, Partition, Topic
+from polybus_in_memory.store import (
+    Group,
+    InMemoryStore,
+    Membership,
+    Partition,
+    Topic,
+)
 
 __all__ = ["CAPABILITIES", "InMemoryBackend"]
 
@@ -47,27 +53,28 @@ CAPABILITIES = Capabilities(
 )
 
 
-class _Membership:
-    """The members of one durable group and which partitions each reads."""
-
-    def __init__(self) -> None:
-        self.members: list[InMemoryStream] = []
-        self.lock = asyncio.Lock()
-
-
 class InMemoryBackend(Backend):
     """Topics, partitions and groups in a dict, with real redelivery and order."""
 
     name = "in_memory"
     capabilities = CAPABILITIES
 
-    def __init__(self, settings: InMemorySettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: InMemorySettings | None = None,
+        *,
+        store: InMemoryStore | None = None,
+    ) -> None:
         self.settings = settings or InMemorySettings()
+        self.store = store if store is not None else InMemoryStore()
         self.delay_ms = self.settings.network_delay_ms
-        self.topics: dict[str, Topic] = {}
-        self._memberships: dict[tuple[str, str], _Membership] = {}
         self._streams: set[InMemoryStream] = set()
         self._connected = False
+
+    @property
+    def topics(self) -> dict[str, Topic]:
+        """The topics of the store."""
+        return self.store.topics
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -75,8 +82,10 @@ class InMemoryBackend(Backend):
         self._connected = True
 
     async def close(self) -> None:
+        # Like a dropped connection: this backend's streams leave their groups,
+        # so their partitions and unacknowledged messages go to other members.
         for stream in list(self._streams):
-            await stream.stop_fetching()
+            await stream.close()
         self._connected = False
 
     async def ping(self) -> None:
@@ -107,10 +116,10 @@ class InMemoryBackend(Backend):
         if removed is None:
             return False
 
-        for stream in [s for s in self._streams if s.topic == topic]:
+        for stream in [s for s in self.store.streams if s.topic == topic]:
             await stream.stop_fetching()
-        for key in [k for k in self._memberships if k[0] == topic]:
-            del self._memberships[key]
+        for key in [k for k in self.store.memberships if k[0] == topic]:
+            del self.store.memberships[key]
         logger.debug("Deleted topic %s", topic)
         return True
 
@@ -197,20 +206,19 @@ class InMemoryBackend(Backend):
     ) -> Stream:
         return InMemoryStream(self, topic, group_id, sink, start)
 
-    def membership(self, topic: str, group_id: str) -> _Membership:
+    def membership(self, topic: str, group_id: str) -> Membership:
         """Members of a durable group."""
-        return self._memberships.setdefault((topic, group_id), _Membership())
+        return self.store.memberships.setdefault((topic, group_id), Membership())
 
     def streams_of(self, topic: str) -> int:
         """Live streams reading ``topic``."""
-        return sum(1 for s in self._streams if s.topic == topic and s.live)
+        return sum(1 for s in self.store.streams if s.topic == topic and s.live)
 
     # -- in-memory extras --------------------------------------------------------
 
     def clear(self) -> None:
-        """Forget every topic, message and group."""
-        self.topics.clear()
-        self._memberships.clear()
+        """Forget every topic, message and group of the store."""
+        self.store.clear()
 
     def memory_usage(self) -> MemoryUsage:
         """Bytes held by retained records, per topic and in all."""
@@ -279,6 +287,7 @@ class InMemoryStream(Stream):
 
         self.live = True
         self._backend._streams.add(self)
+        self._backend.store.streams.add(self)
 
         if self.group_id is None:
             self._assign(range(len(stored.partitions)))
@@ -301,11 +310,13 @@ class InMemoryStream(Stream):
     async def close(self) -> None:
         await self.stop_fetching()
         self._backend._streams.discard(self)
+        self._backend.store.streams.discard(self)
 
         if self.group_id is None:
             return
 
-        membership = self._backend._memberships.get((self.topic, self.group_id))
+        key = (self.topic, self.group_id)
+        membership = self._backend.store.memberships.get(key)
         stored = self._backend.topics.get(self.topic)
         if membership is None or stored is None or self not in membership.members:
             return
@@ -372,7 +383,7 @@ async def _ack(group: Group, partition: int, offset: int) -> None:
     group.ack(partition, offset)
 
 
-async def _rebalance(membership: _Membership, partition_count: int) -> None:
+async def _rebalance(membership: Membership, partition_count: int) -> None:
     """Spread partitions over the members, revoking before reassigning."""
     members = sorted(membership.members, key=lambda m: m._order)
     wanted: dict[InMemoryStream, set[int]] = {m: set() for m in members}

@@ -14,8 +14,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-__all__ = ["Group", "Partition", "Record", "Topic"]
+if TYPE_CHECKING:
+    from polybus_in_memory.backend import InMemoryStream
+
+__all__ = ["Group", "InMemoryStore", "Membership", "Partition", "Record", "Topic"]
 
 
 @dataclass(slots=True)
@@ -141,3 +145,29 @@ class Topic:
     def message_count(self) -> int:
         """Retained records over all partitions."""
         return sum(len(p.records) for p in self.partitions)
+
+
+class Membership:
+    """The members of one durable group and the lock that orders rebalances."""
+
+    def __init__(self) -> None:
+        self.members: list[InMemoryStream] = []
+        self.lock = asyncio.Lock()
+
+
+@dataclass(slots=True)
+class InMemoryStore:
+    """Everything a broker would hold: topics, groups and who reads what.
+
+    Backends made with the same store behave like clients of one broker, which
+    is how tests imitate several processes in one.
+    """
+
+    topics: dict[str, Topic] = field(default_factory=dict)
+    memberships: dict[tuple[str, str], Membership] = field(default_factory=dict)
+    streams: set[InMemoryStream] = field(default_factory=set)
+
+    def clear(self) -> None:
+        """Forget every topic, message and group."""
+        self.topics.clear()
+        self.memberships.clear()

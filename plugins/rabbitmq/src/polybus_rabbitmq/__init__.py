@@ -1,0 +1,12 @@
+"""RabbitMQ backend of polybus, on aio-pika."""
+
+from polybus_rabbitmq.backend import CAPABILITIES, RabbitMQBackend
+from polybus_rabbitmq.errors import QueueArgumentsMismatchError
+from polybus_rabbitmq.settings import RabbitMQSettings
+
+__all__ = [
+    "CAPABILITIES",
+    "QueueArgumentsMismatchError",
+    "RabbitMQBackend",
+    "RabbitMQSettings",
+]

@@ -1,0 +1,519 @@
+"""The RabbitMQ transport: topics as exchanges, consumer groups as queues.
+
+Features:
+
+- A topic is a durable direct exchange; a message's routing key is its partition
+  number. Topic metadata (partition count, creation time, groups) lives in a
+  stream queue on the broker (see :mod:`polybus_rabbitmq.catalog`), so every
+  process sees the same topics without the management plugin.
+- A consumer group is one durable single-active-consumer queue per partition
+  (classic or quorum): one member reads a partition at a time, in order, and the
+  group keeps what is published while it has no member. Members hand partitions
+  over when one reads more than its share.
+- A broadcast subscription is an exclusive, auto-delete queue bound to every
+  partition.
+- Publisher confirms on every publish, pipelined for batches; persistent
+  messages; transient failures (a broker restart, a lost connection, a negative
+  confirm) are retried until ``operation_timeout_ms``.
+- A robust connection: after a reconnect, channels, queues, bindings and
+  consumers come back by themselves.
+- Bounded prefetch; one channel per partition queue, so a channel error stays
+  where it happened and closing a channel hands its unacknowledged messages back
+  to the group in order.
+
+What it cannot promise is in :data:`CAPABILITIES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Final, TypeVar, cast
+
+import aio_pika
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from pamqp.commands import Basic
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from polybus.backend import (
+    Backend,
+    Capabilities,
+    DeliverySink,
+    OutboundRecord,
+    StartPosition,
+    Stream,
+)
+from polybus.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    MessageTooLargeError,
+    TopicNotFoundError,
+)
+from polybus.types import ContextValue, TopicInfo
+from polybus.validation import validate_topic_name
+from polybus_rabbitmq.catalog import Catalog, CatalogEntry
+from polybus_rabbitmq.settings import RabbitMQSettings
+from polybus_rabbitmq.stream import RabbitMQStream
+from polybus_rabbitmq.topology import Topology
+
+__all__ = ["CAPABILITIES", "RabbitMQBackend", "is_transient"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SIZE_REFUSAL: Final = re.compile(r"larger than configured max size (?P<limit>\d+)")
+
+CONTENT_TYPE: Final = "application/x-polybus-envelope"
+"""Content type of every message this backend publishes."""
+
+CAPABILITIES: Final = Capabilities(
+    persistent=True,
+    shared_across_processes=True,
+    partition_order=True,
+    redelivers_unacked=True,
+    duplicates_after_crash=True,
+    earliest_start=False,
+    topic_message_count=False,
+    max_message_bytes=128 * 1024 * 1024,
+    limitations={
+        "earliest_start": "RabbitMQ keeps no log of a topic: a group's queues are "
+        "made on its first subscribe and receive only messages routed after "
+        "their binding, so start_position=earliest behaves like latest",
+        "topic_message_count": "messages wait in one queue per group and "
+        "partition, not in the topic; TopicInfo.message_count is None",
+        "max_message_bytes": "the broker refuses messages over its "
+        "max_message_size (128 MiB by default in RabbitMQ 3.10)",
+        "offset": "queues have no offsets; a delivery's offset is its delivery "
+        "tag on the consumer's channel, meaningful only to that channel",
+        "partition sharing": "members share partitions through "
+        "single-active-consumer queues: a member active on more than its share "
+        "steps down from the excess (checked every rebalance_interval_ms), so "
+        "sharing settles after a join instead of at once, and an idle partition "
+        "stays with the member that read it last",
+        "broadcast during an outage": "a broadcast queue is exclusive to its "
+        "connection; after a reconnect it is declared again and does not see "
+        "what was published while the connection was down",
+        "publish order under failure": "records of one batch that must be "
+        "retried after a lost connection may reach the broker in another order; "
+        "publish_event (one record at a time) keeps order",
+    },
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an operation that failed with ``exc`` may succeed when retried."""
+    if isinstance(exc, TopicNotFoundError | ConfigurationError):
+        return False
+
+    if isinstance(exc, aiormq.exceptions.ChannelClosed):
+        # A plain ChannelClosed comes from the connection going away; its
+        # subclasses (NOT_FOUND, PRECONDITION_FAILED, ...) are the broker
+        # refusing the request, which a retry would not change.
+        return type(exc) is aiormq.exceptions.ChannelClosed
+
+    return isinstance(
+        exc,
+        ConnectionError
+        | TimeoutError
+        | aiormq.exceptions.AMQPConnectionError
+        | aiormq.exceptions.ChannelInvalidStateError
+        | aiormq.exceptions.DeliveryError,
+    )
+
+
+def _broker_size_limit(reply: str) -> int | None:
+    """The limit named by a ``message size ... larger than ...`` refusal."""
+    match = _SIZE_REFUSAL.search(reply)
+    return int(match["limit"]) if match else None
+
+
+def _log_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    logger.warning(
+        "RabbitMQ operation failed (attempt %d): %r; retrying",
+        state.attempt_number,
+        error,
+    )
+
+
+class RabbitMQBackend(Backend):
+    """A connection to one RabbitMQ virtual host.
+
+    :param settings: connection and naming options; read from
+        ``POLYBUS_RABBITMQ__*`` if omitted.
+    """
+
+    name = "rabbitmq"
+    capabilities = CAPABILITIES
+
+    def __init__(self, settings: RabbitMQSettings | None = None) -> None:
+        self.settings = settings or RabbitMQSettings()
+        self.topology = Topology(self.settings.name_prefix, self.settings.queue_type)
+        self.catalog = Catalog(self.topology.catalog, self._confirming_channel)
+        self.streams: set[RabbitMQStream] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._exchanges: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The robust connection.
+
+        :raises BackendUnavailableError: if the backend is not connected.
+        """
+        if self._connection is None or self._connection.is_closed:
+            raise BackendUnavailableError(
+                "the RabbitMQ backend is not connected; call connect() first"
+            )
+        return self._connection
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._connection is not None and not self._connection.is_closed:
+                return
+
+            where = self.settings.describe()
+            logger.debug("Connecting to RabbitMQ at %s", where)
+            parameters = self.settings.connection_parameters()
+            try:
+                connection = await aio_pika.connect_robust(
+                    timeout=self.settings.connect_timeout_ms / 1000,
+                    client_properties={"connection_name": f"polybus-{os.getpid()}"},
+                    **parameters,
+                )
+            except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                detail = str(exc).replace(parameters["password"], "***")
+                raise BackendUnavailableError(
+                    f"cannot connect to RabbitMQ at {where}: "
+                    f"{type(exc).__name__}: {detail}"
+                ) from None
+
+            self._connection = connection
+            try:
+                self._publisher = await connection.channel(publisher_confirms=True)
+                await self._retrying(self.catalog.declare)
+            except BaseException:
+                await connection.close()
+                self._connection = None
+                raise
+            logger.debug("Connected to RabbitMQ at %s", where)
+
+    async def close(self) -> None:
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is None:
+                return
+
+            logger.debug("Closing the RabbitMQ connection")
+            for stream in list(self.streams):
+                await stream.close()
+            self._publisher = None
+            self._exchanges.clear()
+            await connection.close()
+            logger.debug("RabbitMQ connection closed")
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self.settings.confirm_timeout_ms / 1000):
+                async with self._channel() as channel:
+                    await channel.queue_declare(self.topology.catalog, passive=True)
+        except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            raise BackendUnavailableError(
+                f"RabbitMQ at {self.settings.describe()} did not answer: {exc!r}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _channel(
+        self, *, confirms: bool = False
+    ) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A short-lived channel, closed on exit.
+
+        Used for declarations that may fail: a refused declaration closes its
+        channel, and this one is thrown away instead of being restored.
+        """
+        transport = self.connection.transport
+        if transport is None:
+            raise BackendUnavailableError("the connection to RabbitMQ is reconnecting")
+
+        channel = await transport.connection.channel(publisher_confirms=confirms)
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
+                    await channel.close()
+
+    def _confirming_channel(
+        self,
+    ) -> contextlib.AbstractAsyncContextManager[aiormq.abc.AbstractChannel]:
+        return self._channel(confirms=True)
+
+    async def _retrying(
+        self, operation: Callable[..., Awaitable[T]], *args: object
+    ) -> T:
+        """Run ``operation``, retrying transient failures until the deadline."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(self.settings.operation_timeout_ms / 1000),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
+            retry=retry_if_exception(is_transient),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        result: T = await retrying(operation, *args)
+        return result
+
+    # -- topics ---------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        topic: str,
+        partition_count: int,
+        config: Mapping[str, ContextValue] | None = None,
+    ) -> bool:
+        validate_topic_name(topic)
+        if partition_count < 1:
+            raise ConfigurationError(
+                f"partition_count must be a positive int, got {partition_count!r}"
+            )
+
+        await self._retrying(self._declare_exchange, topic)
+        record_id = os.urandom(16).hex()
+        created = await self._retrying(
+            self.catalog.create, topic, partition_count, record_id
+        )
+        if created:
+            logger.debug("Created topic %s with %d partitions", topic, partition_count)
+        return created
+
+    async def _declare_exchange(self, topic: str) -> None:
+        async with self._channel() as channel:
+            await channel.exchange_declare(
+                self.topology.exchange(topic), exchange_type="direct", durable=True
+            )
+        self._exchanges.add(topic)
+
+    async def delete_topic(self, topic: str) -> bool:
+        validate_topic_name(topic)
+        await self._retrying(self.catalog.sync)
+        entry = self.catalog.topics.get(topic)
+        if entry is None:
+            return False
+
+        for stream in [s for s in self.streams if s.topic == topic]:
+            await stream.close()
+        await self._retrying(self._delete_broker_objects, topic, entry)
+        await self._retrying(self.catalog.delete, topic)
+        self._exchanges.discard(topic)
+        logger.debug("Deleted topic %s", topic)
+        return True
+
+    async def _delete_broker_objects(self, topic: str, entry: CatalogEntry) -> None:
+        async with self._channel() as channel:
+            for group_id in sorted(entry.groups):
+                for partition in range(entry.partition_count):
+                    await channel.queue_delete(
+                        self.topology.group_queue(topic, group_id, partition)
+                    )
+                await channel.queue_delete(self.topology.members_queue(topic, group_id))
+            await channel.exchange_delete(self.topology.exchange(topic))
+
+    async def describe_topic(self, topic: str) -> TopicInfo | None:
+        validate_topic_name(topic)
+        await self._retrying(self.catalog.sync)
+        entry = self.catalog.topics.get(topic)
+        if entry is None:
+            return None
+
+        return TopicInfo(
+            name=topic,
+            partition_count=entry.partition_count,
+            created_at=entry.created_at,
+            message_count=None,
+            consumer_groups=tuple(sorted(entry.groups)),
+            config={
+                "exchange": self.topology.exchange(topic),
+                "queue_type": self.settings.queue_type,
+            },
+        )
+
+    async def list_topics(self) -> list[str]:
+        await self._retrying(self.catalog.sync)
+        return sorted(self.catalog.topics)
+
+    async def add_group(self, topic: str, group_id: str) -> None:
+        """Record that ``group_id`` reads ``topic`` (its queues go with the topic)."""
+        await self._retrying(self.catalog.add_group, topic, group_id)
+
+    async def member_count(self, topic: str, group_id: str) -> int:
+        """Members of a group now, from its presence queue's consumer count."""
+        async with self._channel() as channel:
+            declared = await channel.queue_declare(
+                self.topology.members_queue(topic, group_id), passive=True
+            )
+        return int(declared.consumer_count or 0)
+
+    # -- publishing -----------------------------------------------------------
+
+    async def publish(
+        self, records: Sequence[OutboundRecord]
+    ) -> list[BaseException | None]:
+        if not records:
+            return []
+
+        missing = await self._missing_topics({record.topic for record in records})
+        limit = self.settings.max_message_bytes
+        sends: list[Awaitable[None] | None] = [
+            None
+            if record.topic in missing or len(record.payload) > limit
+            else self._publish_one(record)
+            for record in records
+        ]
+        if len(sends) > 1:
+            # Start every publish now, so their confirms are awaited together.
+            sends = [None if s is None else asyncio.ensure_future(s) for s in sends]
+
+        outcomes: list[BaseException | None] = []
+        for record, send in zip(records, sends, strict=True):
+            if send is None:
+                outcomes.append(self._refusal(record))
+                continue
+
+            try:
+                await send
+            except Exception as exc:
+                logger.debug(
+                    "Publish of message %s to %s failed: %r",
+                    record.message_id,
+                    record.topic,
+                    exc,
+                )
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def _refusal(self, record: OutboundRecord) -> BaseException:
+        """Why ``record`` was not sent: too large, or its topic is missing."""
+        limit = self.settings.max_message_bytes
+        if len(record.payload) > limit:
+            return MessageTooLargeError(record.topic, len(record.payload), limit)
+        return TopicNotFoundError(record.topic)
+
+    async def _missing_topics(self, topics: set[str]) -> set[str]:
+        """Topics of ``topics`` whose exchange does not exist."""
+        missing: set[str] = set()
+
+        for topic in topics - self._exchanges:
+            if await self._retrying(self._exchange_exists, topic):
+                self._exchanges.add(topic)
+            else:
+                missing.add(topic)
+        return missing
+
+    async def _exchange_exists(self, topic: str) -> bool:
+        try:
+            async with self._channel() as channel:
+                await channel.exchange_declare(
+                    self.topology.exchange(topic), passive=True
+                )
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+
+    async def _publish_one(self, record: OutboundRecord) -> None:
+        exchange = self.topology.exchange(record.topic)
+        properties = Basic.Properties(
+            delivery_mode=2,
+            content_type=CONTENT_TYPE,
+            message_id=record.message_id.hex,
+        )
+
+        async def attempt() -> None:
+            if self._publisher is None:
+                raise BackendUnavailableError("the RabbitMQ backend is closed")
+            # The concrete channel: its basic_publish can skip waiting for the
+            # socket write, so a batch keeps many confirms in flight.
+            channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
+            try:
+                async with asyncio.timeout(self.settings.confirm_timeout_ms / 1000):
+                    await channel.basic_publish(
+                        record.payload,
+                        exchange=exchange,
+                        routing_key=str(record.partition),
+                        properties=properties,
+                        wait=False,
+                    )
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                # Publishing to a missing exchange closes the whole channel, so
+                # every record in flight on it fails; only the one that named
+                # the missing exchange is refused, the others go again.
+                if f"'{exchange}'" in str(exc):
+                    self._exchanges.discard(record.topic)
+                    raise TopicNotFoundError(record.topic) from exc
+                raise BackendUnavailableError(
+                    "the publishing channel was closed by another record"
+                ) from exc
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                # The broker's max_message_size may be below ours; as above,
+                # only the record it names is refused.
+                limit = _broker_size_limit(str(exc))
+                if limit is not None and f" {len(record.payload)} " in str(exc):
+                    raise MessageTooLargeError(
+                        record.topic, len(record.payload), limit
+                    ) from exc
+                raise BackendUnavailableError(
+                    "the publishing channel was closed by another record"
+                ) from exc
+
+        # The first attempt runs outside tenacity: nearly every publish
+        # succeeds at once, and the retry machinery costs more than the send.
+        try:
+            await attempt()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning(
+                "Publish of message %s to %s failed: %r; retrying",
+                record.message_id,
+                record.topic,
+                exc,
+            )
+            await self._retrying(attempt)
+
+    # -- streams --------------------------------------------------------------
+
+    def open_stream(
+        self,
+        topic: str,
+        group_id: str | None,
+        sink: DeliverySink,
+        *,
+        start: StartPosition,
+        prefetch: int,
+    ) -> Stream:
+        if start == "earliest":
+            logger.debug(
+                "Group %s on topic %s asked for earliest; RabbitMQ starts new "
+                "groups at the binding (see CAPABILITIES)",
+                group_id,
+                topic,
+            )
+        return RabbitMQStream(self, topic, group_id, sink)
