@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 import redis
-from polybus_redis import CAPABILITIES, RedisBackend, RedisSettings
 
 from polybus.bus import EventBus
 from polybus.settings import DeadLetterSettings, PolybusSettings, RetrySettings
+from polybus_redis import CAPABILITIES, RedisBackend, RedisSettings
 
 SHARED_URL = os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_TIMEOUT = 90.0

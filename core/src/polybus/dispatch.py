@@ -269,7 +269,10 @@ class Dispatcher:
     async def _attempt(
         self, message: EventMessage, attempt: int, delivery: Delivery
     ) -> None:
-        candidate = message._delivered_copy()
+        # The decoded message serves the first attempt; a retry gets a fresh,
+        # unsettled copy so the previous attempt's settlement does not leak.
+        candidate = message._delivered_copy() if attempt > 1 else message
+        candidate._deliverable = True
         context: dict[str, ContextValue] = {
             "subscription_id": self.subscription_id,
             "topic": self.topic,
