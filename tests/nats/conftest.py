@@ -27,10 +27,10 @@ import nats
 import nats.js.errors
 import pytest
 import pytest_asyncio
-from polybus_nats import NatsBackend, NatsSettings
 
 from polybus import EventBus, PolybusSettings
 from polybus.settings import DeadLetterSettings, RetrySettings
+from polybus_nats import NatsBackend, NatsSettings
 
 SERVER_URL = os.environ.get("POLYBUS_TEST_NATS_URL", "nats://127.0.0.1:4222")
 

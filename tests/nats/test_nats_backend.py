@@ -12,8 +12,6 @@ import nats
 import nats.js.errors
 import pytest
 from conftest import NatsPlace, PrivateNats, core_settings
-from polybus_nats import NatsBackend, NatsSettings
-from polybus_nats.naming import TopicNames
 from pydantic import SecretStr
 
 from polybus import (
@@ -28,6 +26,8 @@ from polybus import (
 )
 from polybus.settings import RetrySettings
 from polybus.types import ContextValue
+from polybus_nats import NatsBackend, NatsSettings
+from polybus_nats.naming import TopicNames
 
 pytestmark = pytest.mark.asyncio
 

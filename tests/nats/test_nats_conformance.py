@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import NatsPlace, PrivateNats
-from polybus_nats import NatsBackend
 
 from polybus.testing.contracts import settlement
 from polybus.testing.suite import ConformanceSuite, contract_test
+from polybus_nats import NatsBackend
 
 
 class TestNatsConformance(ConformanceSuite):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from polybus_nats import CAPABILITIES, NatsSettings
-from polybus_nats.naming import TopicNames, decode_token, encode_token
 
 from polybus import Registry
+from polybus_nats import CAPABILITIES, NatsSettings
+from polybus_nats.naming import TopicNames, decode_token, encode_token
 
 
 def test_topic_names_never_collide() -> None:

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator
 
 import aiormq.exceptions
 import pytest
-from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 from yarl import URL
 
 from polybus.testing.harness import BackendFactory
+from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 
 RABBITMQ_URL = os.environ.get("POLYBUS_TEST_RABBITMQ_URL", "amqp://127.0.0.1:5672/")
 

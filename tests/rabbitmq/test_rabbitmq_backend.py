@@ -10,12 +10,6 @@ from contextlib import asynccontextmanager
 
 import aiormq.exceptions
 import pytest
-from polybus_rabbitmq import (
-    QueueArgumentsMismatchError,
-    RabbitMQBackend,
-    RabbitMQSettings,
-)
-from polybus_rabbitmq.settings import QueueType
 
 from polybus.backend import OutboundRecord
 from polybus.bus import EventBus
@@ -23,6 +17,12 @@ from polybus.errors import TopicNotFoundError
 from polybus.message import EventMessage
 from polybus.settings import PolybusSettings, RetrySettings
 from polybus.types import ContextValue
+from polybus_rabbitmq import (
+    QueueArgumentsMismatchError,
+    RabbitMQBackend,
+    RabbitMQSettings,
+)
+from polybus_rabbitmq.settings import QueueType
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 

@@ -13,12 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 
 from polybus.bus import EventBus
 from polybus.message import EventMessage
 from polybus.settings import PolybusSettings
 from polybus.types import ContextValue
+from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 
 pytestmark = [
     pytest.mark.slow,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from polybus_rabbitmq import CAPABILITIES, RabbitMQBackend, RabbitMQSettings
-from polybus_rabbitmq.topology import MAX_EXCHANGE_NAME, MAX_QUEUE_NAME, Topology
 
 from polybus.registry import Registry
+from polybus_rabbitmq import CAPABILITIES, RabbitMQBackend, RabbitMQSettings
+from polybus_rabbitmq.topology import MAX_EXCHANGE_NAME, MAX_QUEUE_NAME, Topology
 
 
 def test_settings_read_environment_and_hide_secrets(

@@ -61,14 +61,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Load the conformance kit's fixtures unless an entry point already did."""
-    import polybus.testing.plugin as kit
-
-    if not config.pluginmanager.is_registered(kit):
-        config.pluginmanager.register(kit, "polybus.testing.plugin")
-
-
 # -- helpers ------------------------------------------------------------------
 
 

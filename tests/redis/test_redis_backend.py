@@ -375,6 +375,37 @@ async def test_partition_moves_only_after_its_handler_finished(
     assert [who for who, _ in seen] == ["a", "b", "b", "b", "b"]
 
 
+async def test_member_that_loses_its_lease_stops_reading(env: RedisEnv) -> None:
+    """Someone else holding the lease means hands off, until it is free again."""
+    bus = await env.bus()
+    collector = Collector()
+    subscription = await bus.subscribe_to_topic(
+        "stolen", collector.handler(), group_id="g"
+    )
+    client = aioredis.Redis.from_url(env.url)
+    lease = f"{env.prefix}{{stolen}}:g:g:lease:0"
+
+    def assigned() -> tuple[int, ...]:
+        info = bus.subscriptions()[0]
+        assert info.subscription_id == subscription
+        return info.assigned_partitions
+
+    try:
+        await client.set(lease, "intruder", px=60_000)
+        await wait_until(lambda: assigned() == (), "the partition to be revoked")
+        await publish_all(bus, "stolen", ["while stolen"])
+        assert await client.get(lease) == b"intruder"
+        assert collector.seen == []
+
+        await client.delete(lease)
+        await wait_until(lambda: assigned() == (0,), "the partition to come back")
+        await wait_until(lambda: len(collector.seen) == 1, "the waiting message")
+    finally:
+        await client.aclose()
+
+    assert collector.values() == [b"while stolen"]
+
+
 async def _zcard(client: aioredis.Redis, key: str, expected: int) -> bool:
     return int(await client.zcard(key)) == expected
 

@@ -74,6 +74,7 @@ class EventBus:
         )
         self._subscriptions: dict[str, _Subscription] = {}
         self._partition_counts: dict[str, tuple[int, float]] = {}
+        self._metadata_locks: dict[str, asyncio.Lock] = {}
         self._round_robin = itertools.count()
         self._running = False
         self._started_at: datetime | None = None
@@ -233,6 +234,16 @@ class EventBus:
         if cached is not None and time.monotonic() - cached[1] < max_age:
             return cached[0]
 
+        # One metadata lookup per topic at a time: a burst of publishes on a
+        # cold cache waits for the first lookup instead of repeating it.
+        lock = self._metadata_locks.setdefault(topic, asyncio.Lock())
+        async with lock:
+            cached = self._partition_counts.get(topic)
+            if cached is not None and time.monotonic() - cached[1] < max_age:
+                return cached[0]
+            return await self._refresh_partition_count(topic)
+
+    async def _refresh_partition_count(self, topic: str) -> int:
         info = await self.backend.describe_topic(topic)
         if info is None:
             if not self.settings.auto_create_topics:

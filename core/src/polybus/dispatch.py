@@ -328,12 +328,9 @@ class Dispatcher:
         stopping: asyncio.Event,
     ) -> None:
         async def sleep(seconds: float) -> None:
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=seconds)
-            except TimeoutError:
-                await self._running.wait()
-                return
-            raise _Abandoned
+            if await _stopped_within(stopping, seconds):
+                raise _Abandoned
+            await self._running.wait()
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.max_attempts),
@@ -436,12 +433,24 @@ class Dispatcher:
                     exc,
                 )
 
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=delay)
-            except TimeoutError:
-                delay = min(delay * 2, max(self.retry.backoff_max_ms, 10) / 1000)
-                continue
-            return False
+            if await _stopped_within(stopping, delay):
+                return False
+            delay = min(delay * 2, max(self.retry.backoff_max_ms, 10) / 1000)
+
+
+async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``stopping``; tell whether it was set.
+
+    ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11 ``wait_for`` can
+    swallow a cancellation that arrives just as the event is set (CPython
+    gh-86296), which would leave a worker running after its subscription ended.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+    except TimeoutError:
+        return stopping.is_set()
+    return True
 
 
 class _PartitionWorker:

@@ -12,6 +12,13 @@ batch size) and the same message values:
   commits of settled offsets. Timed from the first message to the last, so
   the group join is not counted.
 
+Two more rows isolate the Kafka layer: ``backend produce`` calls
+``KafkaBackend.publish`` with ready records (no envelope, no core), and
+``backend consume+commit`` runs a ``KafkaStream`` whose sink acknowledges at
+once (no dispatch layer). The produce-side topic of the backend rows is filled
+twice (raw and backend), which is harmless: the consume rows read their own
+topics.
+
 The broker is the one named by ``POLYBUS_KAFKA_BOOTSTRAP``, else a Tansu process
 started here. Run with ``uv run python plugins/kafka/bench/bench_kafka.py``.
 """
@@ -27,11 +34,12 @@ import os
 import pstats
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from polybus.backend import Delivery, OutboundRecord
 from polybus.message import EventMessage
 from polybus.protocols import ProtocolEventMessage
 from polybus.publisher import EventPublisher
@@ -148,6 +156,28 @@ async def produce_polybus(options: Options, topic: str) -> Result:
     return Result("polybus produce", len(payloads), elapsed)
 
 
+async def produce_backend(options: Options, topic: str) -> Result:
+    """``KafkaBackend.publish`` alone: no envelope, no core, same batches."""
+    backend = KafkaBackend(kafka_settings(options))
+    payloads = values(options)
+    records = [
+        OutboundRecord(topic, i % PARTITIONS, None, value, uuid.uuid4())
+        for i, value in enumerate(payloads)
+    ]
+
+    await backend.connect()
+    try:
+        started = time.perf_counter()
+        for first in range(0, len(records), options.batch):
+            outcomes = await backend.publish(records[first : first + options.batch])
+            if any(outcomes):
+                raise RuntimeError(f"publish failed: {outcomes[:3]}")
+        elapsed = time.perf_counter() - started
+    finally:
+        await backend.close()
+    return Result("backend produce", len(payloads), elapsed)
+
+
 # -- consume ----------------------------------------------------------------------
 
 
@@ -207,6 +237,50 @@ async def consume_polybus(options: Options, topic: str) -> Result:
     return Result("polybus consume+commit", count, elapsed)
 
 
+class _CountingSink:
+    """A sink that acknowledges at once: the stream without the dispatch layer."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.first_at = 0.0
+        self.done = asyncio.Event()
+
+    async def deliver(self, delivery: Delivery) -> None:
+        if not self.first_at:
+            self.first_at = time.perf_counter()
+        await delivery.ack()
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+    async def revoke(self, partitions: Sequence[int]) -> None:
+        return None
+
+    def assigned(self, partitions: Sequence[int]) -> None:
+        return None
+
+
+async def consume_backend(options: Options, topic: str) -> Result:
+    """A ``KafkaStream`` with a sink that only acknowledges: no core."""
+    backend = KafkaBackend(kafka_settings(options))
+    sink = _CountingSink(options.messages)
+
+    await backend.connect()
+    try:
+        stream = backend.open_stream(
+            topic, f"be-{uuid.uuid4().hex[:8]}", sink, start="earliest", prefetch=1_000
+        )
+        await stream.start()
+        await sink.done.wait()
+        elapsed = time.perf_counter() - sink.first_at
+        await stream.stop_fetching()
+        await stream.close()
+    finally:
+        await backend.close()
+    return Result("backend consume+commit", sink.count, elapsed)
+
+
 # -- running ----------------------------------------------------------------------
 
 
@@ -229,8 +303,9 @@ async def run(options: Options, rounds: int) -> list[tuple[Result, Result]]:
     for _ in range(rounds):
         raw_topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
         pb_topic = f"bench-pb-{uuid.uuid4().hex[:8]}"
-        await create_topic(options, raw_topic)
-        await create_topic(options, pb_topic)
+        be_topic = f"bench-be-{uuid.uuid4().hex[:8]}"
+        for topic in (raw_topic, pb_topic, be_topic):
+            await create_topic(options, topic)
 
         pairs.append(
             (
@@ -240,8 +315,20 @@ async def run(options: Options, rounds: int) -> list[tuple[Result, Result]]:
         )
         pairs.append(
             (
+                await produce_raw(options, be_topic),
+                await produce_backend(options, be_topic),
+            )
+        )
+        pairs.append(
+            (
                 await consume_raw(options, raw_topic),
                 await consume_polybus(options, pb_topic),
+            )
+        )
+        pairs.append(
+            (
+                await consume_raw(options, raw_topic),
+                await consume_backend(options, be_topic),
             )
         )
     return pairs
@@ -261,8 +348,9 @@ def report(pairs: list[tuple[Result, Result]]) -> None:
 
     for kind in ("produce", "consume+commit"):
         raw = best[f"aiokafka {kind}"].rate
-        ours = best[f"polybus {kind}"].rate
-        print(f"ratio polybus/aiokafka {kind:<15} {ours / raw:.2f}")
+        for layer in ("polybus", "backend"):
+            ours = best[f"{layer} {kind}"].rate
+            print(f"ratio {layer}/aiokafka {kind:<15} {ours / raw:.2f}")
 
 
 def main() -> None:

@@ -300,8 +300,11 @@ class KafkaStream(Stream):
                 if self._unfixed:
                     await self._fix_positions(consumer)
 
+                # Half the hold mark per call, so one large fetch alone never
+                # pauses a partition whose feeder keeps up.
                 batches = await consumer.getmany(
-                    timeout_ms=_POLL_TIMEOUT_MS, max_records=self._hold_at
+                    timeout_ms=_POLL_TIMEOUT_MS,
+                    max_records=max(1, self._hold_at // 2),
                 )
             except IllegalStateError:
                 # A partition went away between two steps. Forget it, and let
