@@ -35,8 +35,6 @@ from polybus_nats import NatsBackend, NatsSettings
 SERVER_URL = os.environ.get("POLYBUS_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
-
-
 def core_settings(**overrides: Any) -> PolybusSettings:
     """Core settings for tests: quick retries and drains, no environment."""
     values: dict[str, Any] = {

@@ -40,8 +40,6 @@ def _broker_reachable() -> bool:
         return False
 
 
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Skip this directory's tests when no broker listens."""
     if _broker_reachable():

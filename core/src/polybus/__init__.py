@@ -49,7 +49,6 @@ from polybus.factory import create_backend_settings, create_event_bus
 from polybus.hookspecs import hookimpl
 from polybus.message import EventMessage
 from polybus.partitioner import murmur2, partition_for_key
-from polybus.publisher import EventPublisher
 from polybus.protocols import (
     ProtocolDLQHandler,
     ProtocolEventBus,
@@ -62,6 +61,7 @@ from polybus.protocols import (
     ProtocolRedpandaAdapter,
     ProtocolSchemaRegistry,
 )
+from polybus.publisher import EventPublisher
 from polybus.registry import ENTRY_POINT_GROUP, InstalledBackend, Registry
 from polybus.settings import BackendSettings, PolybusSettings
 from polybus.types import ContextValue, LiteralEventBusBackend

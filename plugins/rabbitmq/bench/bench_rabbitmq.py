@@ -35,12 +35,12 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 
 from polybus.bus import EventBus
 from polybus.message import EventMessage
 from polybus.settings import PolybusSettings
 from polybus.types import ContextValue
+from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 
 WORKLOADS = ("publish-sequential", "publish-pipelined", "consume-ack")
 

@@ -20,7 +20,6 @@ from polybus.backend import (
 )
 from polybus.errors import MessageTooLargeError, TopicNotFoundError
 from polybus.types import ContextValue, MemoryUsage, TopicInfo
-
 from polybus_in_memory.settings import InMemorySettings
 from polybus_in_memory.store import (
     Group,

@@ -7,7 +7,6 @@ from polybus.bus import EventBus
 from polybus.errors import ConfigurationError
 from polybus.settings import PolybusSettings
 from polybus.types import MemoryUsage
-
 from polybus_in_memory.backend import InMemoryBackend
 
 __all__ = ["InMemoryEventBus"]

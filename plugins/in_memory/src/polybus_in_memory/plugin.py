@@ -25,7 +25,6 @@ from polybus.backend import Backend, BackendSpec
 from polybus.bus import EventBus
 from polybus.hookspecs import hookimpl
 from polybus.settings import BackendSettings, PolybusSettings
-
 from polybus_in_memory.backend import CAPABILITIES, InMemoryBackend
 from polybus_in_memory.bus import InMemoryEventBus
 from polybus_in_memory.settings import InMemorySettings

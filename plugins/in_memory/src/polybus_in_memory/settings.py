@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from polybus.settings import BackendSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from polybus.settings import BackendSettings
 
 __all__ = ["InMemorySettings"]
 
