@@ -38,6 +38,7 @@ from polybus.backend import (
     DeliverySink,
     OutboundRecord,
     StartPosition,
+    StoredRecord,
     Stream,
 )
 from polybus.errors import (
@@ -66,6 +67,7 @@ CAPABILITIES: Final = Capabilities(
     earliest_start=True,
     topic_message_count=True,
     max_message_bytes=512 * 1024 * 1024,
+    browse=True,
     limitations={
         "durability": "messages survive a restart of Redis only as far as the "
         "server persists them: with appendonly yes and appendfsync always "
@@ -359,6 +361,28 @@ class RedisBackend(Backend):
         if value is None:
             raise TopicNotFoundError(topic)
         return int(value)
+
+    async def read_topic(
+        self, topic: str, *, limit: int | None = None
+    ) -> list[StoredRecord]:
+        count = await self.partition_count(topic)
+
+        records: list[StoredRecord] = []
+        for partition in range(count):
+            remaining = None if limit is None else limit - len(records)
+            if remaining is not None and remaining <= 0:
+                break
+            entries = await self._guard(
+                self.client.xrange(
+                    self.keys.partition(topic, partition), count=remaining
+                )
+            )
+            records.extend(
+                StoredRecord(partition, entry_id.decode(), fields[b"d"])
+                for entry_id, fields in entries
+                if b"d" in fields
+            )
+        return records
 
     # -- publishing -----------------------------------------------------------
 
