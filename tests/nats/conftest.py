@@ -12,101 +12,19 @@ one fixture it needs.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
-import subprocess
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import nats
-import nats.js.errors
 import pytest
 import pytest_asyncio
 
-from polybus import EventBus, PolybusSettings
-from polybus.settings import DeadLetterSettings, RetrySettings
-from polybus_nats import NatsBackend, NatsSettings
-
-SERVER_URL = os.environ.get("POLYBUS_TEST_NATS_URL", "nats://127.0.0.1:4222")
-
-
-def core_settings(**overrides: Any) -> PolybusSettings:
-    """Core settings for tests: quick retries and drains, no environment."""
-    values: dict[str, Any] = {
-        "default_partitions": 1,
-        "prefetch": 16,
-        "drain_timeout_ms": 3_000,
-        "retry": RetrySettings(
-            max_attempts=3, backoff_ms=5, backoff_max_ms=20, jitter_ms=1
-        ),
-        "dead_letter": DeadLetterSettings(),
-    }
-    values.update(overrides)
-    return PolybusSettings(**values)
-
-
-class NatsPlace:
-    """One test's corner of the server: its prefixes, backends and buses."""
-
-    def __init__(self, url: str) -> None:
-        suffix = uuid.uuid4().hex[:10]
-        self.url = url
-        self.stream_prefix = f"PBT_{suffix}"
-        self.subject_prefix = f"pbt.{suffix}"
-        self.buses: list[EventBus] = []
-
-    def settings(self, **overrides: Any) -> NatsSettings:
-        """Backend settings of this place, with short waits for tests."""
-        values: dict[str, Any] = {
-            "servers": self.url,
-            "stream_prefix": self.stream_prefix,
-            "subject_prefix": self.subject_prefix,
-            "ack_wait_ms": 3_000,
-            "pull_expires_ms": 250,
-            "broadcast_inactive_ms": 60_000,
-        }
-        values.update(overrides)
-        return NatsSettings(**values)
-
-    def backend(self, **overrides: Any) -> NatsBackend:
-        """A fresh, unstarted backend: another process, as far as NATS knows."""
-        return NatsBackend(self.settings(**overrides))
-
-    async def bus(
-        self, core: PolybusSettings | None = None, **overrides: Any
-    ) -> EventBus:
-        """A started bus on a fresh backend, closed after the test."""
-        bus = EventBus(self.backend(**overrides), core or core_settings())
-        await bus.start()
-        self.buses.append(bus)
-        return bus
-
-    async def close_buses(self) -> None:
-        """Close every bus made here."""
-        for bus in self.buses:
-            await bus.close()
-        self.buses.clear()
-
-    async def clean(self) -> None:
-        """Delete every stream of this place and its metadata bucket."""
-        client = await nats.connect(self.url)
-        try:
-            js = client.jetstream()
-            bucket = f"KV_{self.stream_prefix}_topics"
-            names: list[str] = []
-            while page := await js.streams_info(offset=len(names)):
-                names.extend(info.config.name or "" for info in page)
-
-            for name in names:
-                if name.startswith(f"{self.stream_prefix}_") or name == bucket:
-                    await js.delete_stream(name)
-        finally:
-            await client.close()
+from nats_support import (
+    SERVER_URL,
+    NatsPlace,
+    PrivateNats,
+)
+from polybus_nats import NatsBackend
 
 
 @pytest.fixture(scope="session")
@@ -132,76 +50,6 @@ async def place(shared_nats: str) -> AsyncIterator[NatsPlace]:
 
     await corner.close_buses()
     await corner.clean()
-
-
-# -- a private server that can be restarted --------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateNats:
-    """A ``nats-server -js`` of this test run, storing streams in a folder."""
-
-    def __init__(self, directory: Path, *extra: str) -> None:
-        binary = shutil.which("nats-server")
-        if binary is None:
-            pytest.skip("nats-server is not installed")
-        self.binary = binary
-        self.directory = directory
-        self.port = _free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._extra = extra
-
-    def start(self) -> None:
-        log = (self.directory / "nats-server.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.directory),
-                *self._extra,
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
-                    if sock.recv(4).startswith(b"INFO"):
-                        return
-            except OSError:
-                pass
-
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"private nats-server on {self.port} did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-
-        process.terminate()  # SIGTERM: the server flushes its stores and exits
-        process.wait(timeout=10)
-
-    def restart(self) -> None:
-        """Stop the server and start it again on the same port and folder."""
-        self.stop()
-        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -237,9 +85,6 @@ async def private_place(private_nats: PrivateNats) -> AsyncIterator[NatsPlace]:
 
     await corner.close_buses()
     await corner.clean()
-
-
-# -- the conformance kit ---------------------------------------------------------
 
 
 @pytest.fixture

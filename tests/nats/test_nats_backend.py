@@ -11,9 +11,9 @@ from typing import Any
 import nats
 import nats.js.errors
 import pytest
-from conftest import NatsPlace, PrivateNats, core_settings
 from pydantic import SecretStr
 
+from nats_support import NatsPlace, PrivateNats, core_settings
 from polybus import (
     BackendUnavailableError,
     DeadLetterQueue,

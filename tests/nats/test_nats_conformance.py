@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import NatsPlace, PrivateNats
 
+from nats_support import NatsPlace, PrivateNats
 from polybus.testing.contracts import settlement
 from polybus.testing.suite import ConformanceSuite, contract_test
 from polybus_nats import NatsBackend

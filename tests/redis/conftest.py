@@ -15,28 +15,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import os
-import shutil
-import socket
-import subprocess
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from polybus.bus import EventBus
-from polybus.settings import DeadLetterSettings, PolybusSettings, RetrySettings
-from polybus_redis import CAPABILITIES, RedisBackend, RedisSettings
-
-SHARED_URL = os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TEST_TIMEOUT = 90.0
-
-
-# -- running coroutine tests ----------------------------------------------------
+from polybus_redis import CAPABILITIES, RedisBackend
+from redis_support import (
+    SHARED_URL,
+    TEST_TIMEOUT,
+    PrivateRedis,
+    RedisEnv,
+)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -61,102 +51,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-# -- helpers ------------------------------------------------------------------
-
-
-async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]],
-    what: str,
-    timeout: float = 15.0,
-) -> None:
-    """Return once ``condition()`` holds; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-
-    while True:
-        outcome = condition()
-        if inspect.isawaitable(outcome):
-            outcome = await outcome
-        if outcome:
-            return
-
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def core_settings(**overrides: Any) -> PolybusSettings:
-    """Core settings for tests: quick retries and drains."""
-    values: dict[str, Any] = {
-        "default_partitions": 1,
-        "prefetch": 16,
-        "drain_timeout_ms": 3_000,
-        "retry": RetrySettings(
-            max_attempts=3, backoff_ms=5, backoff_max_ms=20, jitter_ms=1
-        ),
-        "dead_letter": DeadLetterSettings(),
-    }
-    values.update(overrides)
-    return PolybusSettings(**values)
-
-
-class RedisEnv:
-    """Backends and buses on one Redis server under one key prefix."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.prefix = f"polybus-test-{uuid.uuid4().hex[:10]}:"
-        self.buses: list[EventBus] = []
-        """Buses made by :meth:`bus`; the test closes them."""
-
-    def settings(self, **overrides: Any) -> RedisSettings:
-        """Backend settings with short leases and blocking reads, for tests."""
-        values: dict[str, Any] = {
-            "url": self.url,
-            "key_prefix": self.prefix,
-            "block_ms": 200,
-            "lease_ttl_ms": 1_500,
-            "claim_idle_ms": 500,
-            "publish_retry_ms": 20_000,
-        }
-        values.update(overrides)
-        return RedisSettings(**values)
-
-    def backend(self, **overrides: Any) -> RedisBackend:
-        """A fresh, unstarted backend: another process, as far as Redis knows."""
-        return RedisBackend(self.settings(**overrides))
-
-    async def bus(
-        self, core: PolybusSettings | None = None, **overrides: Any
-    ) -> EventBus:
-        """A started bus on a fresh backend, closed after the test."""
-        bus = EventBus(self.backend(**overrides), core or core_settings())
-        await bus.start()
-        self.buses.append(bus)
-        return bus
-
-    async def aclose(self) -> None:
-        """Close every bus made here that is still running."""
-        for bus in self.buses:
-            await bus.close()
-
-    def stored_keys(self) -> list[str]:
-        """Every key under this environment's prefix."""
-        client = redis.Redis.from_url(self.url)
-        try:
-            return sorted(k.decode() for k in client.scan_iter(f"{self.prefix}*"))
-        finally:
-            client.close()
-
-    def cleanup(self) -> None:
-        client = redis.Redis.from_url(self.url)
-        try:
-            keys = list(client.scan_iter(f"{self.prefix}*"))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
-
-
 @pytest.fixture
 def env() -> Iterator[RedisEnv]:
     """A key prefix of its own on the shared Redis."""
@@ -169,86 +63,6 @@ def env() -> Iterator[RedisEnv]:
     yield environment
 
     environment.cleanup()
-
-
-# -- a private server that can be restarted --------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test run, persisting to an append-only file."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.directory = directory
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-
-        while True:
-            try:
-                if client.ping():
-                    client.close()
-                    return
-            except redis.exceptions.BusyLoadingError:
-                pass
-            except redis.ConnectionError:
-                pass
-
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"private redis-server on {self.port} did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-
-        process.terminate()  # SIGTERM: redis-server flushes the AOF and exits
-        process.wait(timeout=10)
-
-    def restart(self, downtime: float = 0.0) -> None:
-        """Stop the server, stay down ``downtime`` seconds, start it again."""
-        self.stop()
-        if downtime:
-            time.sleep(downtime)
-        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -267,9 +81,6 @@ def private_env(private_redis: PrivateRedis) -> Iterator[RedisEnv]:
     yield environment
     if private_redis.process is not None:
         environment.cleanup()
-
-
-# -- the conformance kit ----------------------------------------------------------
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import RedisEnv, core_settings, wait_until
 
 from polybus.backend import OutboundRecord
 from polybus.bus import EventBus
@@ -21,6 +20,7 @@ from polybus.message import EventMessage
 from polybus.registry import Registry
 from polybus.types import ContextValue
 from polybus_redis import CAPABILITIES, RedisBackend, RedisSettings
+from redis_support import RedisEnv, core_settings, wait_until
 
 
 class Collector:

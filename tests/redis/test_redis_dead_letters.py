@@ -6,13 +6,13 @@ import asyncio
 from uuid import uuid4
 
 import pytest
-from conftest import RedisEnv, core_settings, wait_until
 from typer.testing import CliRunner
 
 from polybus import DeadLetterQueue, EventMessage
 from polybus.cli.app import app
 from polybus.settings import RetrySettings
 from polybus.types import ContextValue
+from redis_support import RedisEnv, core_settings, wait_until
 
 
 async def test_read_topic_lists_every_partition_in_order(env: RedisEnv) -> None:

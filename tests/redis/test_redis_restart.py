@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import PrivateRedis, RedisEnv, core_settings, wait_until
 
 from polybus.errors import TopicNotFoundError
 from polybus.message import EventMessage
+from redis_support import PrivateRedis, RedisEnv, core_settings, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from polybus.testing.contracts import delivery, groups, lifecycle, settlement, topics
+from polybus.testing.contracts import (
+    delivery,
+    groups,
+    lifecycle,
+    publishing,
+    settlement,
+    topics,
+)
 from polybus.testing.harness import BackendFactory, Harness, async_test
 from polybus.testing.machine import run_machine
 from polybus.testing.plugin import make_harness
@@ -124,6 +131,18 @@ class ConformanceSuite:
     test_messages_survive_server_restart = contract_test(
         settlement.messages_survive_server_restart, timeout=180
     )
+
+    # -- publisher and dead-letter queue ----------------------------------
+    test_batch_counts_match_arrivals = contract_test(
+        publishing.batch_counts_match_arrivals
+    )
+    test_every_compression_round_trips = contract_test(
+        publishing.every_compression_round_trips
+    )
+    test_publish_retry_rides_out_a_restart = contract_test(
+        publishing.publish_retry_rides_out_a_restart, timeout=180
+    )
+    test_dead_letter_life_cycle = contract_test(publishing.dead_letter_life_cycle)
 
     # -- pause, resume, unsubscribe, stop ---------------------------------
     test_pause_resume_loses_nothing = contract_test(
