@@ -456,6 +456,7 @@ async def test_catalog_deleted_under_a_running_backend_comes_back(
     finally:
         async with backend._channel() as channel:
             await channel.exchange_delete(backend.topology.exchange(before))
+            await channel.queue_delete(backend.topology.log_queue(before))
         await backend.close()
 
 

@@ -7,7 +7,13 @@ import re
 import pytest
 
 from polybus.registry import Registry
-from polybus_rabbitmq import CAPABILITIES, RabbitMQBackend, RabbitMQSettings
+from polybus_rabbitmq import (
+    CAPABILITIES,
+    CAPABILITIES_WITHOUT_TOPIC_LOG,
+    RabbitMQBackend,
+    RabbitMQSettings,
+)
+from polybus_rabbitmq.topic_log import log_arguments
 from polybus_rabbitmq.topology import MAX_EXCHANGE_NAME, MAX_QUEUE_NAME, Topology
 
 
@@ -39,8 +45,46 @@ def test_capabilities_name_every_gap() -> None:
     assert CAPABILITIES.topic_message_count is False
     assert CAPABILITIES.persistent
     assert CAPABILITIES.shared_across_processes
+    assert CAPABILITIES.browse
     for gap in ("earliest_start", "topic_message_count", "max_message_bytes"):
         assert gap in CAPABILITIES.limitations
+
+
+def test_capabilities_follow_the_topic_log_setting() -> None:
+    with_log = RabbitMQBackend(RabbitMQSettings())
+    without = RabbitMQBackend(RabbitMQSettings(topic_log=False))
+
+    assert with_log.capabilities is CAPABILITIES
+    assert without.capabilities is CAPABILITIES_WITHOUT_TOPIC_LOG
+    assert not without.capabilities.browse
+    assert "browse" in without.capabilities.limitations
+
+
+def test_topic_log_retention_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POLYBUS_RABBITMQ__TOPIC_LOG_MAX_BYTES", "1000000")
+    monkeypatch.setenv("POLYBUS_RABBITMQ__TOPIC_LOG_MAX_AGE", "12h")
+    monkeypatch.setenv("POLYBUS_RABBITMQ__TOPIC_LOG_SEGMENT_BYTES", "100000")
+
+    assert log_arguments(RabbitMQSettings()) == {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": 1_000_000,
+        "x-max-age": "12h",
+        "x-stream-max-segment-size-bytes": 100_000,
+    }
+    monkeypatch.setenv("POLYBUS_RABBITMQ__TOPIC_LOG_MAX_AGE", "")
+    assert log_arguments(RabbitMQSettings()) == {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": 1_000_000,
+        "x-stream-max-segment-size-bytes": 100_000,
+    }
+
+
+@pytest.mark.parametrize("age", ["7", "7d", "0D", "1 h", "h"])
+def test_topic_log_max_age_needs_a_number_and_a_unit(age: str) -> None:
+    with pytest.raises(ValueError, match="topic_log_max_age"):
+        RabbitMQSettings(topic_log_max_age=age)
 
 
 def test_names_fit_amqp_limits_and_stay_unique() -> None:
@@ -55,6 +99,7 @@ def test_names_fit_amqp_limits_and_stay_unique() -> None:
         topology.group_queue("orders", "ünï;code", 0),
         topology.members_queue(topic, "g"),
         topology.broadcast_queue(topic),
+        topology.log_queue(topic),
     ]
 
     assert len(names[0]) <= MAX_EXCHANGE_NAME
@@ -64,6 +109,8 @@ def test_names_fit_amqp_limits_and_stay_unique() -> None:
     assert names[3] != names[4]
     assert names[1].endswith(":7")
     assert topology.group_queue("orders", "billing", 2) == "polybus.orders:billing:2"
+    assert topology.log_queue("orders") == "polybus.orders:log"
+    assert topology.log_queue(topic).endswith(":log")
 
 
 def test_entry_point_registers_the_backend() -> None:

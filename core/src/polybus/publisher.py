@@ -238,11 +238,12 @@ class EventPublisher:
         self, topic: str, message: ProtocolEventMessage, codec: Codec | None
     ) -> tuple[OutboundRecord, int]:
         event = as_event_message(message)
-        plain = len(event.to_bytes())
-        if codec is not None:
-            event = compress_message(event, codec)
+        if codec is None:
+            record = await self.bus.record_for(topic, event, None)
+            return record, len(record.payload)
 
-        record = await self.bus.record_for(topic, event, None)
+        plain = len(event.to_bytes())
+        record = await self.bus.record_for(topic, compress_message(event, codec), None)
         return record, plain
 
     async def _send(

@@ -336,6 +336,11 @@ class KafkaStream(Stream):
             for tp, records in batches.items():
                 self._buffer(consumer, tp, records)
 
+            if batches:
+                # getmany returns at once while aiokafka holds fetched data;
+                # let the feeders run before filling their buffers further.
+                await asyncio.sleep(0)
+
     def _buffer(
         self,
         consumer: AIOKafkaConsumer,
@@ -356,20 +361,19 @@ class KafkaStream(Stream):
         if feed is None:
             feed = self._feeds[partition] = _PartitionFeed(self, partition)
 
+        # The hot path of consuming: one Delivery per record, nothing more.
+        settle = self._settle
+        handed_out = progress.handed_out
+        deliveries: list[Delivery] = []
         for record in records:
-            if record.value is None:
+            value = record.value
+            if value is None:
                 continue
-            progress.handed_out(record.offset)
-            feed.push(
-                Delivery(
-                    partition=partition,
-                    offset=str(record.offset),
-                    payload=record.value,
-                    ack=functools.partial(
-                        self._settle, partition, progress, record.offset
-                    ),
-                )
-            )
+            offset = record.offset
+            handed_out(offset)
+            ack = functools.partial(settle, partition, progress, offset)
+            deliveries.append(Delivery(partition, str(offset), value, ack))
+        feed.extend(deliveries)
 
         if len(feed) >= self._hold_at and partition not in self._held:
             self._held.add(partition)
@@ -500,15 +504,19 @@ class _PartitionFeed:
     def __len__(self) -> int:
         return len(self._buffer)
 
-    def push(self, delivery: Delivery) -> None:
-        """Queue one delivery behind the others."""
-        self._buffer.append(delivery)
-        self._filled.set()
+    def extend(self, deliveries: list[Delivery]) -> None:
+        """Queue deliveries behind the others, in order."""
+        if deliveries:
+            self._buffer.extend(deliveries)
+            self._filled.set()
 
     async def _run(self) -> None:
+        stream = self._stream
         buffer = self._buffer
-        sink = self._stream._sink
-        low_water = self._stream._hold_at // 2
+        deliver = stream._sink.deliver
+        held = stream._held
+        partition = self._partition
+        low_water = stream._hold_at // 2
 
         while True:
             if not buffer:
@@ -516,9 +524,9 @@ class _PartitionFeed:
                 await self._filled.wait()
                 continue
 
-            await sink.deliver(buffer.popleft())
-            if len(buffer) <= low_water:
-                self._stream._drained(self._partition)
+            await deliver(buffer.popleft())
+            if partition in held and len(buffer) <= low_water:
+                stream._drained(partition)
 
     async def stop(self) -> None:
         """Stop handing out; what is still buffered is dropped unsettled."""

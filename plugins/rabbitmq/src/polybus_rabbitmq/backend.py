@@ -12,6 +12,10 @@ Features:
   over when one reads more than its share.
 - A broadcast subscription is an exclusive, auto-delete queue bound to every
   partition.
+- A topic log: every message is also routed to a stream queue per topic (see
+  :mod:`polybus_rabbitmq.topic_log`), kept under its retention settings whether
+  or not a group reads the topic, and listed without being consumed by
+  ``read_topic``, which the dead-letter queue handler reads.
 - Publisher confirms on every publish, pipelined for batches; persistent
   messages; transient failures (a broker restart, a lost connection, a negative
   confirm) are retried until ``operation_timeout_ms``.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -54,6 +59,7 @@ from polybus.backend import (
     DeliverySink,
     OutboundRecord,
     StartPosition,
+    StoredRecord,
     Stream,
 )
 from polybus.errors import (
@@ -61,15 +67,22 @@ from polybus.errors import (
     ConfigurationError,
     MessageTooLargeError,
     TopicNotFoundError,
+    UnsupportedOperationError,
 )
 from polybus.types import ContextValue, TopicInfo
 from polybus.validation import validate_topic_name
 from polybus_rabbitmq.catalog import Catalog, CatalogEntry
 from polybus_rabbitmq.settings import RabbitMQSettings
 from polybus_rabbitmq.stream import RabbitMQStream
+from polybus_rabbitmq.topic_log import TopicLog
 from polybus_rabbitmq.topology import Topology
 
-__all__ = ["CAPABILITIES", "RabbitMQBackend", "is_transient"]
+__all__ = [
+    "CAPABILITIES",
+    "CAPABILITIES_WITHOUT_TOPIC_LOG",
+    "RabbitMQBackend",
+    "is_transient",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +102,25 @@ CAPABILITIES: Final = Capabilities(
     earliest_start=False,
     topic_message_count=False,
     max_message_bytes=128 * 1024 * 1024,
+    browse=True,
     limitations={
-        "earliest_start": "RabbitMQ keeps no log of a topic: a group's queues are "
-        "made on its first subscribe and receive only messages routed after "
-        "their binding, so start_position=earliest behaves like latest",
+        "earliest_start": "a group's queues are made on its first subscribe and "
+        "receive only messages routed after their binding, so "
+        "start_position=earliest behaves like latest; the topic log keeps the "
+        "older messages, but copying them into the new queues cannot be ordered "
+        "against messages routed meanwhile without losing or doubling some",
         "topic_message_count": "messages wait in one queue per group and "
-        "partition, not in the topic; TopicInfo.message_count is None",
+        "partition, and RabbitMQ reports a stream's (the topic log's) message "
+        "count as 0; TopicInfo.message_count is None",
         "max_message_bytes": "the broker refuses messages over its "
         "max_message_size (128 MiB by default in RabbitMQ 3.10)",
         "offset": "queues have no offsets; a delivery's offset is its delivery "
-        "tag on the consumer's channel, meaningful only to that channel",
+        "tag on the consumer's channel, meaningful only to that channel; "
+        "read_topic's offsets are positions in the topic log, unrelated to it",
+        "read_topic": "reads the whole topic log on each call and appends a small "
+        "end marker to it; it lists what the log's retention (topic_log_max_age, "
+        "topic_log_max_bytes) still keeps, and nothing published to a topic "
+        "before its log existed",
         "partition sharing": "members share partitions through "
         "single-active-consumer queues: a member active on more than its share "
         "steps down from the excess (checked every rebalance_interval_ms), so "
@@ -112,6 +134,18 @@ CAPABILITIES: Final = Capabilities(
         "publish_event (one record at a time) keeps order",
     },
 )
+
+CAPABILITIES_WITHOUT_TOPIC_LOG: Final = dataclasses.replace(
+    CAPABILITIES,
+    browse=False,
+    limitations={
+        **CAPABILITIES.limitations,
+        "browse": "topic_log is off: a topic keeps no messages of its own, so "
+        "read_topic (and the dead-letter queue handler) cannot list them, and a "
+        "topic with neither groups nor broadcasts drops what is published to it",
+    },
+)
+"""What a backend with ``topic_log=False`` can promise."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -163,12 +197,18 @@ class RabbitMQBackend(Backend):
 
     def __init__(self, settings: RabbitMQSettings | None = None) -> None:
         self.settings = settings or RabbitMQSettings()
+        if not self.settings.topic_log:
+            self.capabilities = CAPABILITIES_WITHOUT_TOPIC_LOG
         self.topology = Topology(self.settings.name_prefix, self.settings.queue_type)
         self.catalog = Catalog(self.topology.catalog, self._confirming_channel)
+        self.topic_log = TopicLog(
+            self.topology, self.settings, self._confirming_channel
+        )
         self.streams: set[RabbitMQStream] = set()
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._exchanges: set[str] = set()
+        self._logged: set[str] = set()
         self._lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -227,6 +267,7 @@ class RabbitMQBackend(Backend):
                 await stream.close()
             self._publisher = None
             self._exchanges.clear()
+            self._logged.clear()
             await connection.close()
             logger.debug("RabbitMQ connection closed")
 
@@ -299,6 +340,10 @@ class RabbitMQBackend(Backend):
         created = await self._retrying(
             self.catalog.create, topic, partition_count, record_id
         )
+        # Declared even when this process knew the log: it may have been deleted
+        # with the topic by another one since.
+        self._logged.discard(topic)
+        await self._ensure_topic_log(topic)
         if created:
             logger.debug("Created topic %s with %d partitions", topic, partition_count)
         return created
@@ -322,6 +367,7 @@ class RabbitMQBackend(Backend):
         await self._retrying(self._delete_broker_objects, topic, entry)
         await self._retrying(self.catalog.delete, topic)
         self._exchanges.discard(topic)
+        self._logged.discard(topic)
         logger.debug("Deleted topic %s", topic)
         return True
 
@@ -333,7 +379,10 @@ class RabbitMQBackend(Backend):
                         self.topology.group_queue(topic, group_id, partition)
                     )
                 await channel.queue_delete(self.topology.members_queue(topic, group_id))
+            # The exchange before the log: a process declaring the log at the
+            # same time then fails to bind it and deletes it again.
             await channel.exchange_delete(self.topology.exchange(topic))
+            await channel.queue_delete(self.topology.log_queue(topic))
 
     async def describe_topic(self, topic: str) -> TopicInfo | None:
         validate_topic_name(topic)
@@ -351,12 +400,84 @@ class RabbitMQBackend(Backend):
             config={
                 "exchange": self.topology.exchange(topic),
                 "queue_type": self.settings.queue_type,
+                "topic_log": (
+                    self.topology.log_queue(topic) if self.settings.topic_log else None
+                ),
             },
         )
 
     async def list_topics(self) -> list[str]:
         await self._retrying(self.catalog.sync)
         return sorted(self.catalog.topics)
+
+    async def read_topic(
+        self, topic: str, *, limit: int | None = None
+    ) -> list[StoredRecord]:
+        """Records of the topic log, partition by partition, oldest first.
+
+        :raises TopicNotFoundError: if the topic does not exist.
+        :raises UnsupportedOperationError: if ``topic_log`` is off.
+        """
+        validate_topic_name(topic)
+        if not self.settings.topic_log:
+            raise UnsupportedOperationError(
+                self.name, "read_topic", "topic_log is off, so topics keep no log"
+            )
+
+        await self._retrying(self.catalog.sync)
+        entry = self.catalog.topics.get(topic)
+        if entry is None:
+            raise TopicNotFoundError(topic)
+        if limit is not None and limit <= 0:
+            return []
+
+        try:
+            return await self._read_log(topic, entry.partition_count, limit)
+        except TopicNotFoundError:
+            # The log this process declared may be gone while the topic is not
+            # (recreated elsewhere with topic_log off): declare it once more.
+            self._logged.discard(topic)
+            return await self._read_log(topic, entry.partition_count, limit)
+
+    async def _read_log(
+        self, topic: str, partition_count: int, limit: int | None
+    ) -> list[StoredRecord]:
+        if not await self._ensure_topic_log(topic):
+            raise TopicNotFoundError(topic)
+
+        return await self._retrying(self.topic_log.read, topic, partition_count, limit)
+
+    async def _ensure_topic_log(self, topic: str) -> bool:
+        """Declare the log of an existing topic once per connection.
+
+        Topics made before the log existed (or while ``topic_log`` was off) get
+        theirs here, on their first publish or read.
+
+        :returns: ``False`` if the topic's exchange turned out to be gone.
+        """
+        if not self.settings.topic_log or topic in self._logged:
+            return True
+
+        entry = self.catalog.topics.get(topic)
+        if entry is None:
+            await self._retrying(self.catalog.sync)
+            entry = self.catalog.topics.get(topic)
+        if entry is None:
+            # An exchange the catalog does not know (its catalog was deleted):
+            # without a partition count there is nothing to bind.
+            logger.warning(
+                "Topic %s has an exchange but no catalog record; it gets no topic log",
+                topic,
+            )
+            self._logged.add(topic)
+            return True
+
+        try:
+            await self._retrying(self.topic_log.declare, topic, entry.partition_count)
+        except TopicNotFoundError:
+            return False
+        self._logged.add(topic)
+        return True
 
     async def add_group(self, topic: str, group_id: str) -> None:
         """Record that ``group_id`` reads ``topic`` (its queues go with the topic)."""
@@ -418,13 +539,20 @@ class RabbitMQBackend(Backend):
         return TopicNotFoundError(record.topic)
 
     async def _missing_topics(self, topics: set[str]) -> set[str]:
-        """Topics of ``topics`` whose exchange does not exist."""
+        """Topics of ``topics`` whose exchange does not exist.
+
+        The others get their topic log, if they have none yet.
+        """
         missing: set[str] = set()
 
         for topic in topics - self._exchanges:
             if await self._retrying(self._exchange_exists, topic):
                 self._exchanges.add(topic)
             else:
+                missing.add(topic)
+
+        for topic in topics - missing - self._logged:
+            if not await self._ensure_topic_log(topic):
                 missing.add(topic)
         return missing
 
@@ -467,6 +595,7 @@ class RabbitMQBackend(Backend):
                 # the missing exchange is refused, the others go again.
                 if f"'{exchange}'" in str(exc):
                     self._exchanges.discard(record.topic)
+                    self._logged.discard(record.topic)
                     raise TopicNotFoundError(record.topic) from exc
                 raise BackendUnavailableError(
                     "the publishing channel was closed by another record"

@@ -11,19 +11,24 @@ Features:
   partition (``classic`` or ``quorum``); members share partitions and a group
   keeps what is published while it has no member.
 - Broadcast subscriptions (no group): an exclusive, auto-delete queue.
+- A topic log per topic, a stream queue bound to every partition: a topic keeps
+  what is published to it without groups, and ``read_topic`` (so the
+  dead-letter queue handler) lists it without consuming it.
 - Publisher confirms, persistent messages, retries of transient failures and a
   robust connection that survives a broker restart.
 - At-least-once: unacknowledged messages go back to the group when a member
   stops; per-partition order within a group.
-- Not available: starting a new group at the oldest message, per-topic message
-  counts; see ``CAPABILITIES``.
+- Not available: starting a new group at the oldest message (the topic log has
+  it, but cannot be replayed into a new group's queues in order), per-topic
+  message counts; see ``CAPABILITIES``.
 
 Selected with ``POLYBUS_BACKEND=rabbitmq``. Options are read from
 ``POLYBUS_RABBITMQ__*``: ``URL`` (``amqp://127.0.0.1:5672/``), ``TLS``,
 ``USERNAME``, ``PASSWORD``, ``VIRTUAL_HOST``, ``PREFETCH``, ``HEARTBEAT``,
 ``QUEUE_TYPE``, ``NAME_PREFIX`` (``polybus.``), ``CONNECT_TIMEOUT_MS``,
 ``RECONNECT_INTERVAL_MS``, ``OPERATION_TIMEOUT_MS``, ``CONFIRM_TIMEOUT_MS``,
-``REBALANCE_INTERVAL_MS``.
+``REBALANCE_INTERVAL_MS``, ``TOPIC_LOG`` (on), ``TOPIC_LOG_MAX_BYTES``,
+``TOPIC_LOG_MAX_AGE`` (``7D``), ``TOPIC_LOG_SEGMENT_BYTES``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 from yarl import URL
 
@@ -66,6 +66,34 @@ class RabbitMQSettings(BackendSettings):
     rebalance_interval_ms: int = Field(default=2_000, ge=50)
     """How often a group member checks that it does not read more than its share
     of the partitions."""
+    topic_log: bool = True
+    """Keep every topic's messages in a stream queue, its topic log, so they can
+    be read back without being consumed (``read_topic``, the dead-letter queue)
+    and are kept while no consumer group reads the topic."""
+    topic_log_max_bytes: int | None = Field(default=None, ge=1)
+    """Size a topic log may reach before its oldest segments are removed
+    (``x-max-length-bytes``); unbounded if ``None``."""
+    topic_log_max_age: str | None = Field(
+        default="7D", pattern=r"^[1-9][0-9]*[YMDhms]$"
+    )
+    """Age after which a topic log's segments are removed (``x-max-age``), as a
+    number and a unit of ``Y``, ``M``, ``D``, ``h``, ``m`` or ``s``; kept forever
+    if ``None`` or empty."""
+    topic_log_segment_bytes: int | None = Field(default=None, ge=1)
+    """Size of one segment of a topic log (``x-stream-max-segment-size-bytes``);
+    retention removes whole segments only. The broker's default (500 MB) if
+    ``None``."""
+
+    @field_validator(
+        "topic_log_max_bytes",
+        "topic_log_max_age",
+        "topic_log_segment_bytes",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unlimited(cls, value: object) -> object:
+        """An empty value (``POLYBUS_RABBITMQ__TOPIC_LOG_MAX_AGE=``) sets no limit."""
+        return None if value == "" else value
 
     def connection_parameters(self) -> dict[str, Any]:
         """Keyword arguments of :func:`aio_pika.connect_robust`, password included.

@@ -7,7 +7,9 @@ partition's routing key and marked single-active-consumer, so one member at a
 time reads a partition, in order. Each group also has a presence queue,
 ``<prefix><topic>:<group>:members``, that no message reaches: every member
 consumes from it, so its consumer count is the number of members. A broadcast
-subscription has one exclusive queue bound to every partition.
+subscription has one exclusive queue bound to every partition. A topic's log is
+the stream queue ``<prefix><topic>:log``, bound to every partition; a topic name
+has no ``:``, so no group's queue can take that name.
 
 Names keep to what AMQP allows: exchange names up to 127 characters, queue
 names up to 255, of ``[A-Za-z0-9-_.:@#,/+ ]``. A longer name is shortened, and
@@ -83,6 +85,10 @@ class Topology:
         """The presence queue counting a group's members."""
         base = f"{self.prefix}{topic}:{_safe_group(group_id)}"
         return _bounded(base, MAX_QUEUE_NAME, ":members")
+
+    def log_queue(self, topic: str) -> str:
+        """The stream queue keeping every message of ``topic``."""
+        return _bounded(f"{self.prefix}{topic}", MAX_QUEUE_NAME, ":log")
 
     def broadcast_queue(self, topic: str) -> str:
         """A fresh name for one broadcast subscription's queue."""
