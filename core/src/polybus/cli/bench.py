@@ -1,9 +1,10 @@
 """Throughput of the configured backend through the whole polybus stack.
 
 Publish runs with several concurrent publishers while the consuming group is
-paused; consumption is then timed from resume until the group has handled every
-message. Per-backend benchmarks that set polybus against the raw client live in
-each plugin's ``bench`` folder.
+paused, then again in batches through ``publish_batch``; consumption is then
+timed from resume until the group has handled every message of both rounds.
+Per-backend benchmarks that set polybus against the raw client live in each
+plugin's ``bench`` folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from uuid import uuid4
 
 from polybus.bus import EventBus
+from polybus.errors import BackendUnavailableError
 from polybus.message import EventMessage
+from polybus.publisher import EventPublisher
 from polybus.types import ContextValue
 
 __all__ = ["BenchResult", "run_bench"]
@@ -31,12 +34,19 @@ class BenchResult:
     partitions: int
     publishers: int
     publish_seconds: float
+    batch_publish_seconds: float
+    batch_size: int
     consume_seconds: float
 
     @property
     def publish_rate(self) -> float:
         """Messages published per second."""
         return self.messages / self.publish_seconds
+
+    @property
+    def batch_publish_rate(self) -> float:
+        """Messages published per second through ``publish_batch``."""
+        return self.messages / self.batch_publish_seconds
 
     @property
     def consume_rate(self) -> float:
@@ -51,9 +61,14 @@ async def run_bench(
     payload_bytes: int = 256,
     partitions: int = 4,
     publishers: int = 8,
+    batch_size: int = 500,
     timeout: float = 300.0,
 ) -> BenchResult:
-    """Publish and consume ``messages`` on a started bus and time both."""
+    """Publish and consume ``messages`` on a started bus and time both.
+
+    The messages are published twice, one by one with ``publish_event`` and in
+    batches with ``publish_batch``, and the group consumes both rounds.
+    """
     topic = f"polybus-bench-{uuid4().hex[:12]}"
     await bus.create_topic(topic, partitions)
 
@@ -63,16 +78,16 @@ async def run_bench(
     async def handler(message: EventMessage, context: dict[str, ContextValue]) -> None:
         nonlocal handled
         handled += 1
-        if handled >= messages:
+        if handled >= 2 * messages:
             finished.set()
 
     subscription = await bus.subscribe_to_topic(topic, handler, group_id="bench")
     await bus.pause_subscription(subscription)
 
     try:
-        publish_seconds = await _publish(
-            bus, topic, messages, os.urandom(payload_bytes), publishers
-        )
+        value = os.urandom(payload_bytes)
+        publish_seconds = await _publish(bus, topic, messages, value, publishers)
+        batch_seconds = await _publish_batches(bus, topic, messages, value, batch_size)
 
         started = time.perf_counter()
         await bus.resume_subscription(subscription)
@@ -89,7 +104,9 @@ async def run_bench(
         partitions=partitions,
         publishers=publishers,
         publish_seconds=publish_seconds,
-        consume_seconds=consume_seconds,
+        batch_publish_seconds=batch_seconds,
+        batch_size=batch_size,
+        consume_seconds=consume_seconds / 2,
     )
 
 
@@ -103,4 +120,27 @@ async def _publish(
 
     started = time.perf_counter()
     await asyncio.gather(*(publisher(i) for i in range(publishers)))
+    return time.perf_counter() - started
+
+
+async def _publish_batches(
+    bus: EventBus, topic: str, messages: int, value: bytes, batch_size: int
+) -> float:
+    publisher = EventPublisher(bus)
+    batches = [
+        [
+            EventMessage(topic, value, key=b"k%d" % (number % 64))
+            for number in range(start, min(start + batch_size, messages))
+        ]
+        for start in range(0, messages, batch_size)
+    ]
+
+    started = time.perf_counter()
+    for batch in batches:
+        result = await publisher.publish_batch(topic, list(batch))
+        if not result.success:
+            raise BackendUnavailableError(
+                f"{result.failure_count} messages of a batch were not taken: "
+                f"{result.failures[0].error}"
+            )
     return time.perf_counter() - started
