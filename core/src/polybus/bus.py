@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import itertools
 import logging
 import time
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 from uuid import uuid4
 
 from polybus.backend import Backend, OutboundRecord, StartPosition, Stream
 from polybus.dispatch import Dispatcher, Handler
-from polybus.dlq import DeadLetterWriter
+from polybus.dlq import DEAD_LETTER_HEADROOM, DeadLetterWriter
 from polybus.errors import (
     BusClosedError,
     ConfigurationError,
     InvalidHandlerError,
+    InvalidMessageError,
     MessageTooLargeError,
     PolybusError,
     SubscriptionNotFoundError,
@@ -41,9 +43,12 @@ from polybus.types import (
 )
 from polybus.validation import validate_topic_name
 
-__all__ = ["EventBus"]
+__all__ = ["MAX_PARTITIONS", "EventBus"]
 
 logger = logging.getLogger(__name__)
+
+MAX_PARTITIONS: Final = 10_000
+"""Most partitions a topic may have: beyond that a typo, not a design."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,6 +82,7 @@ class EventBus:
         self._metadata_locks: dict[str, asyncio.Lock] = {}
         self._round_robin = itertools.count()
         self._running = False
+        self._closing = False
         self._started_at: datetime | None = None
         self._starts = 0
         self._configuration_updates = 0
@@ -104,6 +110,7 @@ class EventBus:
                 return
 
             logger.debug("Stopping event bus on backend %s", self.backend.name)
+            self._closing = True
             for subscription_id in list(self._subscriptions):
                 try:
                     await self._unsubscribe(subscription_id)
@@ -115,6 +122,7 @@ class EventBus:
                     )
 
             self._running = False
+            self._closing = False
             self._partition_counts.clear()
             await self.backend.close()
             logger.debug("Event bus on backend %s stopped", self.backend.name)
@@ -190,21 +198,27 @@ class EventBus:
         topic: str,
         message: ProtocolEventMessage,
         partition_key: str | None,
+        *,
+        max_bytes: int | None = None,
     ) -> OutboundRecord:
         """The record for ``message`` on ``topic``: envelope, size check, partition.
 
+        :param max_bytes: size limit; ``max_message_bytes`` unless given.
         :raises MessageTooLargeError: if the envelope exceeds the maximum size.
         :raises TopicNotFoundError: if the topic is missing and not auto-created.
+        :raises InvalidMessageError: if ``partition_key`` is not a str.
         """
+        if partition_key is not None and not isinstance(partition_key, str):
+            raise InvalidMessageError("partition_key", partition_key, "a str or None")
+
         event = as_event_message(message)
         if event.topic != topic:
             event = dataclasses.replace(event, topic=topic)
 
         payload = event.to_bytes()
-        if len(payload) > self.settings.max_message_bytes:
-            raise MessageTooLargeError(
-                topic, len(payload), self.settings.max_message_bytes
-            )
+        limit = max_bytes if max_bytes is not None else self.settings.max_message_bytes
+        if len(payload) > limit:
+            raise MessageTooLargeError(topic, len(payload), limit)
 
         count = await self._partition_count(topic)
         key = partition_key.encode() if partition_key is not None else event.key
@@ -222,7 +236,10 @@ class EventBus:
         self.counters.publish_latency.add((time.perf_counter() - started) * 1000)
 
     async def _publish_dead_letter(self, topic: str, message: EventMessage) -> None:
-        record = await self.record_for(topic, message, None)
+        # A dead letter is its original plus bounded failure headers, so it may
+        # exceed the limit its original met by that much.
+        limit = self.settings.max_message_bytes + DEAD_LETTER_HEADROOM
+        record = await self.record_for(topic, message, None, max_bytes=limit)
         (outcome,) = await self.backend.publish([record])
         if outcome is not None:
             raise outcome
@@ -272,7 +289,7 @@ class EventBus:
         """
         self._check_running()
         validate_topic_name(topic)
-        if not callable(handler):
+        if not _is_async_callable(handler):
             raise InvalidHandlerError(handler)
         if group_id is not None and (not isinstance(group_id, str) or not group_id):
             raise ConfigurationError(
@@ -302,6 +319,11 @@ class EventBus:
         )
 
         await stream.start()
+        if self._closing or not self._running:
+            await stream.stop_fetching()
+            await dispatcher.drain()
+            await stream.close()
+            raise BusClosedError("the event bus closed while the subscription started")
         self._subscriptions[subscription_id] = _Subscription(dispatcher, stream)
         logger.debug(
             "Subscription %s live on topic %s (group %s)",
@@ -317,8 +339,7 @@ class EventBus:
         Messages fetched but not yet handled stay unacknowledged, so the group
         receives them again.
         """
-        if subscription_id not in self._subscriptions:
-            raise SubscriptionNotFoundError(subscription_id)
+        self._subscription(subscription_id)
 
         await self._unsubscribe(subscription_id)
 
@@ -330,10 +351,14 @@ class EventBus:
         logger.debug("Subscription %s stopped", subscription_id)
 
     def _subscription(self, subscription_id: str) -> _Subscription:
-        try:
-            return self._subscriptions[subscription_id]
-        except KeyError:
-            raise SubscriptionNotFoundError(subscription_id) from None
+        found = (
+            self._subscriptions.get(subscription_id)
+            if isinstance(subscription_id, str)
+            else None
+        )
+        if found is None:
+            raise SubscriptionNotFoundError(subscription_id)
+        return found
 
     async def pause_subscription(self, subscription_id: str) -> bool:
         """Hold a subscription before its next message; nothing is lost.
@@ -363,8 +388,11 @@ class EventBus:
         self, subscription_id: str
     ) -> SubscriptionInfo | None:
         """A snapshot of a live subscription, or ``None``."""
-        subscription = self._subscriptions.get(subscription_id)
-        return subscription.dispatcher.info() if subscription else None
+        try:
+            subscription = self._subscription(subscription_id)
+        except SubscriptionNotFoundError:
+            return None
+        return subscription.dispatcher.info()
 
     def subscriptions(self) -> list[SubscriptionInfo]:
         """Snapshots of every live subscription."""
@@ -376,9 +404,14 @@ class EventBus:
         """Create a topic; ``False`` if it already exists."""
         self._check_running()
         validate_topic_name(topic)
-        if not isinstance(partition_count, int) or partition_count < 1:
+        if (
+            not isinstance(partition_count, int)
+            or isinstance(partition_count, bool)
+            or not 1 <= partition_count <= MAX_PARTITIONS
+        ):
             raise ConfigurationError(
-                f"partition_count must be a positive int, got {partition_count!r}"
+                f"partition_count must be an int from 1 to {MAX_PARTITIONS}, got "
+                f"{partition_count!r}"
             )
 
         created = await self.backend.create_topic(topic, partition_count)
@@ -592,6 +625,14 @@ class EventBus:
             configuration_updates=self._configuration_updates,
             bus=bus,
         )
+
+
+def _is_async_callable(handler: object) -> bool:
+    """Whether calling ``handler`` gives a coroutine, as far as can be told."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - the method itself
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def _start_position(value: str) -> StartPosition:

@@ -39,7 +39,9 @@ from polybus.backend import Delivery
 from polybus.codecs import decompress_message
 from polybus.errors import (
     CodecUnavailableError,
+    DeliveryLimitExceededError,
     MessageRejectedError,
+    MessageTooLargeError,
     PolybusError,
     SerializationError,
 )
@@ -70,6 +72,7 @@ class DeadLetterTarget(Protocol):
         payload: bytes,
         group_id: str | None,
         first_failure_at: datetime,
+        payload_omitted: str | None = None,
     ) -> object:
         """Store a dead letter durably, or raise if it could not be stored."""
 
@@ -220,6 +223,21 @@ class Dispatcher:
             )
         except (SerializationError, CodecUnavailableError) as exc:
             await self._dead_letter_undecodable(delivery, exc, stopping)
+            return
+
+        if delivery.delivery_count > self.retry.max_attempts:
+            exceeded = DeliveryLimitExceededError(
+                message.message_id, delivery.delivery_count, self.retry.max_attempts
+            )
+            logger.error("%s", exceeded)
+            await self._give_up(
+                message,
+                delivery,
+                exceeded,
+                delivery.delivery_count - 1,
+                datetime.now(UTC),
+                stopping,
+            )
             return
 
         try:
@@ -411,6 +429,7 @@ class Dispatcher:
         dead-letter write fails the partition waits, so nothing is lost.
         """
         delay = max(self.retry.backoff_ms, 10) / 1000
+        omitted: str | None = None
 
         while True:
             try:
@@ -421,9 +440,23 @@ class Dispatcher:
                     payload=payload,
                     group_id=self.group_id,
                     first_failure_at=first_failure_at,
+                    payload_omitted=omitted,
                 )
                 return True
             except Exception as exc:
+                if isinstance(exc, MessageTooLargeError) and omitted is None:
+                    # No retry can make it smaller: keep the failure and where
+                    # the original lies, without its bytes, rather than block
+                    # the partition for good.
+                    omitted = str(exc)
+                    logger.error(
+                        "Dead letter for message %s of topic %s is too large "
+                        "(%s); storing it without the original's bytes",
+                        message.message_id,
+                        self.topic,
+                        exc,
+                    )
+                    continue
                 logger.error(
                     "Could not store dead letter for message %s of topic %s, "
                     "retrying in %.2fs: %r",

@@ -33,12 +33,13 @@ from polybus.message import EventMessage, as_event_message
 from polybus.protocols import ProtocolEventMessage
 from polybus.settings import DeadLetterSettings
 from polybus.types import ContextValue, DLQMessage, DLQResult, FailureAnalysis
-from polybus.validation import validate_topic_name
+from polybus.validation import derived_topic_name, validate_topic_name
 
 if TYPE_CHECKING:
     from polybus.bus import EventBus
 
 __all__ = [
+    "DEAD_LETTER_HEADROOM",
     "HEADER_PREFIX",
     "LEDGER_SUFFIX",
     "DeadLetterQueue",
@@ -49,6 +50,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HEADER_PREFIX: Final = "polybus.dlq."
+
+DEAD_LETTER_HEADROOM: Final = 64 * 1024
+"""Bytes a dead letter may exceed ``max_message_bytes`` by: room for the
+failure headers around an original that was itself at the limit."""
 
 Publish = Callable[[str, EventMessage], Awaitable[None]]
 
@@ -93,7 +98,11 @@ class DeadLetterWriter:
 
     def topic_for(self, topic: str) -> str:
         """The dead-letter topic of ``topic``."""
-        return f"{topic}{self._settings.topic_suffix}"
+        return derived_topic_name(topic, self._settings.topic_suffix)
+
+    def ledger_for(self, topic: str) -> str:
+        """The ledger of ``topic``'s dead-letter topic."""
+        return derived_topic_name(self.topic_for(topic), LEDGER_SUFFIX)
 
     async def dead_letter(
         self,
@@ -104,10 +113,14 @@ class DeadLetterWriter:
         payload: bytes,
         group_id: str | None,
         first_failure_at: datetime,
+        payload_omitted: str | None = None,
     ) -> UUID | None:
         """Store ``message`` as a dead letter; raise if it could not be stored.
 
         :param payload: the bytes the broker delivered, kept as the value.
+        :param payload_omitted: why the value is left out: the broker refused
+            the whole dead letter, so only the failure and the original's
+            position (topic, partition, offset) are kept.
         :returns: the dead letter's id, ``None`` when dead-lettering is off.
         """
         if not self._settings.enabled:
@@ -129,10 +142,15 @@ class DeadLetterWriter:
             first_failure_at=first_failure_at,
             max_stack_trace_chars=self._settings.max_stack_trace_chars,
         )
+        if payload_omitted is not None:
+            headers[f"{HEADER_PREFIX}payload_omitted"] = payload_omitted
+            headers[f"{HEADER_PREFIX}original_size"] = len(payload)
+            headers[f"{HEADER_PREFIX}stack_trace"] = ""
+
         target = self.topic_for(message.topic)
         letter = EventMessage(
             topic=target,
-            value=payload,
+            value=b"" if payload_omitted is not None else payload,
             key=message.key,
             headers=headers,
             correlation_id=message.correlation_id,
@@ -140,7 +158,7 @@ class DeadLetterWriter:
         )
 
         await self._publish(target, letter)
-        logger.warning(
+        logger.info(
             "Message %s of topic %s dead-lettered to %s after %d attempts: %s: %s",
             message.message_id,
             message.topic,
@@ -237,16 +255,17 @@ class DeadLetterQueue:
         :returns: ``False`` if it was already retried or cleared.
         :raises DeadLetterNotFoundError: if no dead letter has that id.
         """
-        for topic in await self._source_topics():
-            letters = await self._letters(topic)
-            resolved = await self._resolved(topic)
-            for letter in letters:
-                if letter.dlq_message_id != dlq_message_id:
+        for dead_letter_topic in await self._dead_letter_topics():
+            for record in await self._records(dead_letter_topic):
+                if str(record.message_id) != dlq_message_id:
                     continue
-                if dlq_message_id in resolved:
+
+                letter = _as_dlq_message(record)
+                if dlq_message_id in await self._resolved(letter.original_topic):
                     return False
+
                 await self._replay(letter)
-                await self._resolve(topic, [dlq_message_id], "retried")
+                await self._resolve(letter.original_topic, [dlq_message_id], "retried")
                 return True
 
         raise DeadLetterNotFoundError(dlq_message_id)
@@ -313,13 +332,9 @@ class DeadLetterQueue:
 
     # -- reading the queue and its ledger ----------------------------------------
 
-    async def _source_topics(self) -> list[str]:
+    async def _dead_letter_topics(self) -> list[str]:
         suffix = self.bus.settings.dead_letter.topic_suffix
-        return [
-            name.removesuffix(suffix)
-            for name in await self.bus.list_topics()
-            if name.endswith(suffix)
-        ]
+        return [name for name in await self.bus.list_topics() if name.endswith(suffix)]
 
     async def _records(self, topic: str) -> list[EventMessage]:
         if await self.bus.get_topic_info(topic) is None:
@@ -349,7 +364,7 @@ class DeadLetterQueue:
         return [_as_dlq_message(m) for m in await self._records(target)]
 
     async def _resolved(self, topic: str) -> dict[str, str]:
-        ledger = self._writer.topic_for(topic) + LEDGER_SUFFIX
+        ledger = self._writer.ledger_for(topic)
         resolved: dict[str, str] = {}
         for entry in await self._records(ledger):
             letter = entry.headers.get(_RESOLVES)
@@ -378,7 +393,7 @@ class DeadLetterQueue:
         await self.bus.publish_event(letter.original_topic, replayed)
 
     async def _resolve(self, topic: str, letter_ids: list[str], outcome: str) -> None:
-        ledger = self._writer.topic_for(topic) + LEDGER_SUFFIX
+        ledger = self._writer.ledger_for(topic)
         now = datetime.now(UTC).isoformat()
         for letter_id in letter_ids:
             entry = EventMessage(

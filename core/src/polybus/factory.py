@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from polybus.bus import EventBus
 from polybus.errors import ConfigurationError
 from polybus.registry import Registry, default_registry
 from polybus.settings import BackendSettings, PolybusSettings
 
-__all__ = ["create_backend_settings", "create_event_bus"]
+__all__ = ["create_backend_settings", "create_event_bus", "read_settings"]
+
+S = TypeVar("S", bound=BaseSettings)
 
 logger = logging.getLogger(__name__)
 
@@ -18,11 +24,11 @@ def create_backend_settings(
     settings: PolybusSettings | None = None, *, registry: Registry | None = None
 ) -> BackendSettings:
     """The configured backend's own settings, read from its environment prefix."""
-    settings = settings or PolybusSettings()
+    settings = _checked(settings)
     registry = registry or default_registry(strict=settings.strict_plugins)
 
     installed = registry.get(settings.backend)
-    return installed.spec.settings_class()
+    return read_settings(installed.spec.settings_class)
 
 
 def create_event_bus(
@@ -43,12 +49,12 @@ def create_event_bus(
     :raises UnknownBackendError: if no installed plugin provides the backend.
     :raises PluginLoadError: if the plugin that provides it failed to load.
     """
-    settings = settings or PolybusSettings()
+    settings = _checked(settings)
     registry = registry or default_registry(strict=settings.strict_plugins)
     installed = registry.get(settings.backend)
 
     if backend_settings is None:
-        backend_settings = installed.spec.settings_class()
+        backend_settings = read_settings(installed.spec.settings_class)
     elif not isinstance(backend_settings, installed.spec.settings_class):
         raise ConfigurationError(
             f"backend {settings.backend!r} takes "
@@ -66,3 +72,30 @@ def create_event_bus(
     if installed.spec.bus_factory is not None:
         return installed.spec.bus_factory(backend, settings)
     return EventBus(backend, settings)
+
+
+def read_settings(settings_class: type[S]) -> S:
+    """Read a settings class from the environment and ``.env``.
+
+    :raises ConfigurationError: naming every variable that is invalid.
+    """
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        prefix = str(settings_class.model_config.get("env_prefix", ""))
+        problems = "; ".join(
+            f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def _checked(settings: object) -> PolybusSettings:
+    if settings is None:
+        return read_settings(PolybusSettings)
+    if not isinstance(settings, PolybusSettings):
+        raise ConfigurationError(
+            f"settings must be PolybusSettings, got {settings!r}; to choose a "
+            "backend pass PolybusSettings(backend=...) or set POLYBUS_BACKEND"
+        )
+    return settings

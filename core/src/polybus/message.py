@@ -47,6 +47,7 @@ _PREFIX: Final = ENVELOPE_MAGIC + bytes([ENVELOPE_VERSION])
 _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_HEADER_DEPTH: Final = 32
 
 Settlement = Literal["ack", "requeue", "reject"]
 """How a handler settled a message: acknowledged, retried, or dead-lettered."""
@@ -91,7 +92,12 @@ def _as_key(key: object) -> bytes | None:
     raise InvalidMessageError("key", key, "bytes, str or None")
 
 
-def _check_header_value(path: str, value: object) -> None:
+def _check_header_value(path: str, value: object, depth: int = 0) -> None:
+    if depth > _MAX_HEADER_DEPTH:
+        raise InvalidMessageError(
+            path, "...", f"nested at most {_MAX_HEADER_DEPTH} levels deep"
+        )
+
     if value is None or isinstance(value, str | bool | float):
         return
 
@@ -102,14 +108,14 @@ def _check_header_value(path: str, value: object) -> None:
 
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _check_header_value(f"{path}[{index}]", item)
+            _check_header_value(f"{path}[{index}]", item, depth + 1)
         return
 
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidMessageError(f"{path} key", key, "a str")
-            _check_header_value(f"{path}[{key!r}]", item)
+            _check_header_value(f"{path}[{key!r}]", item, depth + 1)
         return
 
     raise InvalidMessageError(

@@ -9,14 +9,22 @@ Secrets are :class:`pydantic.SecretStr` and are never printed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from polybus.types import LiteralEventBusBackend
 
-__all__ = ["BackendSettings", "DeadLetterSettings", "PolybusSettings", "RetrySettings"]
+__all__ = [
+    "BackendSettings",
+    "DeadLetterSettings",
+    "PolybusSettings",
+    "RetrySettings",
+    "mask_url_password",
+]
 
 
 class RetrySettings(BaseModel):
@@ -37,8 +45,9 @@ class DeadLetterSettings(BaseModel):
 
     enabled: bool = True
     """Dead-letter failed messages; if off, they are logged and acknowledged."""
-    topic_suffix: str = ".dlq"
-    """A topic's dead letters go to ``<topic><suffix>``."""
+    topic_suffix: str = Field(default=".dlq", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    """A topic's dead letters go to ``<topic><suffix>`` (shortened with a hash
+    when that name would be over 249 characters)."""
     max_stack_trace_chars: int = Field(default=8_000, ge=0)
     """Stack traces in dead-letter headers are cut to this length."""
 
@@ -99,4 +108,29 @@ class BackendSettings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data, secrets masked, safe to print or log."""
-        return self.model_dump(mode="json")
+        return {
+            name: mask_url_password(value) if isinstance(value, str) else value
+            for name, value in self.model_dump(mode="json").items()
+        }
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, mask_url_password(value) if isinstance(value, str) else value
+
+
+def mask_url_password(value: str) -> str:
+    """``value`` with the password of a URL in it replaced by ``***``."""
+    if "://" not in value or "@" not in value:
+        return value
+
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

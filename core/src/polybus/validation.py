@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
 from polybus.errors import InvalidTopicNameError
 
-__all__ = ["MAX_TOPIC_LENGTH", "validate_topic_name"]
+__all__ = ["MAX_TOPIC_LENGTH", "derived_topic_name", "validate_topic_name"]
 
 MAX_TOPIC_LENGTH: Final = 249
 _LEGAL: Final = re.compile(r"[A-Za-z0-9._-]+")
@@ -40,3 +41,18 @@ def validate_topic_name(topic: object) -> str:
         )
 
     return topic
+
+
+def derived_topic_name(topic: str, suffix: str) -> str:
+    """``topic + suffix``, shortened to a legal length when it would be too long.
+
+    A shortened name keeps the start of ``topic`` and adds eight hex digits of
+    its SHA-1, so two long topics never share a derived topic.
+    """
+    name = topic + suffix
+    if len(name) <= MAX_TOPIC_LENGTH:
+        return name
+
+    digest = hashlib.sha1(topic.encode(), usedforsecurity=False).hexdigest()[:8]
+    keep = MAX_TOPIC_LENGTH - len(suffix) - len(digest) - 1
+    return f"{topic[:keep]}-{digest}{suffix}"

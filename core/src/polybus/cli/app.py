@@ -27,7 +27,7 @@ from polybus.cli.corpus import read_corpus, sample_corpus_path
 from polybus.cli.replay import GROUPS, ReplayReport, run_replay
 from polybus.dlq import DeadLetterQueue
 from polybus.errors import PolybusError, SerializationError
-from polybus.factory import create_event_bus
+from polybus.factory import create_event_bus, read_settings
 from polybus.message import EventMessage
 from polybus.registry import default_registry
 from polybus.settings import PolybusSettings
@@ -67,7 +67,8 @@ BackendOption = Annotated[
 
 
 def _settings(backend: str | None, **overrides: Any) -> PolybusSettings:
-    settings = PolybusSettings()
+    with _reported_errors():
+        settings = read_settings(PolybusSettings)
     update = {k: v for k, v in overrides.items() if v is not None}
     if backend:
         update["backend"] = backend
@@ -214,8 +215,15 @@ def publish(
             lines = iter(file.read_text(encoding="utf-8").splitlines())
         except OSError as exc:
             raise typer.BadParameter(f"cannot read {file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise typer.BadParameter(f"{file} is not UTF-8 text: {exc}") from exc
     else:
-        lines = iter(sys.stdin.read().splitlines())
+        try:
+            lines = iter(sys.stdin.read().splitlines())
+        except UnicodeError as exc:
+            raise typer.BadParameter(
+                f"standard input is not UTF-8 text: {exc}"
+            ) from exc
 
     if ndjson:
         with _reported_errors():

@@ -55,11 +55,14 @@ def read_corpus(path: Path) -> Iterator[CorpusEvent]:
     """
     opener = gzip.open if path.suffix == ".gz" else open
 
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            yield _parse(path, number, line)
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                yield _parse(path, number, line)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise SerializationError(f"cannot read corpus {path}: {exc}") from exc
 
 
 def _parse(path: Path, number: int, line: str) -> CorpusEvent:
