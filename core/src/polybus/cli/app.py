@@ -114,6 +114,7 @@ def plugins() -> None:
                 "partition_order",
                 "redelivers_unacked",
                 "earliest_start",
+                "browse",
             )
             if getattr(caps, name)
         ]
