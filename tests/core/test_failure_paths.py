@@ -102,41 +102,6 @@ async def test_longest_topic_names_still_dead_letter(
 
 
 @pytest.mark.asyncio
-async def test_a_message_redelivered_past_the_limit_is_dead_lettered(
-    eventually: Eventually,
-) -> None:
-    backend = InMemoryBackend()
-    settings = PolybusSettings(retry=RETRY, drain_timeout_ms=50)
-    async with InMemoryEventBus(backend, settings) as bus:
-        calls = 0
-        release = asyncio.Event()
-
-        async def crashing(
-            message: EventMessage, context: dict[str, ContextValue]
-        ) -> None:
-            nonlocal calls
-            calls += 1
-            await release.wait()
-
-        first = await bus.subscribe_to_topic("t", crashing, group_id="g")
-        await bus.publish_event("t", EventMessage("t", b"poison"))
-        await eventually(lambda: calls == 1, "the first call")
-        await bus.unsubscribe_from_topic(first)
-        again = await bus.subscribe_to_topic("t", crashing, group_id="g")
-        await eventually(lambda: calls == 2, "the second call")
-        await bus.unsubscribe_from_topic(again)
-
-        await bus.subscribe_to_topic("t", crashing, group_id="g")
-
-        await eventually(
-            lambda: bus.counters.topics["t"].dead_lettered == 1, "a dead letter"
-        )
-        assert calls == RETRY.max_attempts
-        (letter,) = await DeadLetterQueue(bus).get_dlq_messages("t")
-        assert letter.exception_type == "DeliveryLimitExceededError"
-
-
-@pytest.mark.asyncio
 async def test_sync_handlers_are_refused(bus: InMemoryEventBus) -> None:
     def handler(message: EventMessage, context: dict[str, ContextValue]) -> None:
         return None

@@ -39,7 +39,6 @@ from polybus.backend import Delivery
 from polybus.codecs import decompress_message
 from polybus.errors import (
     CodecUnavailableError,
-    DeliveryLimitExceededError,
     MessageRejectedError,
     MessageTooLargeError,
     PolybusError,
@@ -223,21 +222,6 @@ class Dispatcher:
             )
         except (SerializationError, CodecUnavailableError) as exc:
             await self._dead_letter_undecodable(delivery, exc, stopping)
-            return
-
-        if delivery.delivery_count > self.retry.max_attempts:
-            exceeded = DeliveryLimitExceededError(
-                message.message_id, delivery.delivery_count, self.retry.max_attempts
-            )
-            logger.error("%s", exceeded)
-            await self._give_up(
-                message,
-                delivery,
-                exceeded,
-                delivery.delivery_count - 1,
-                datetime.now(UTC),
-                stopping,
-            )
             return
 
         try:

@@ -14,7 +14,6 @@ __all__ = [
     "BusClosedError",
     "CodecUnavailableError",
     "DeadLetterNotFoundError",
-    "DeliveryLimitExceededError",
     "ConfigurationError",
     "DuplicateBackendError",
     "InvalidHandlerError",
@@ -223,19 +222,3 @@ class DeadLetterNotFoundError(PolybusError, LookupError):
     def __init__(self, dlq_message_id: str) -> None:
         self.dlq_message_id = dlq_message_id
         super().__init__(f"no dead letter with id {dlq_message_id!r}")
-
-
-class DeliveryLimitExceededError(PolybusError):
-    """A message came back more often than the retry policy allows.
-
-    That happens when handling it keeps killing the consumer: each crash
-    returns it to the group before the dispatch layer could count a failure.
-    """
-
-    def __init__(self, message_id: object, deliveries: int, limit: int) -> None:
-        self.message_id = message_id
-        self.deliveries = deliveries
-        super().__init__(
-            f"message {message_id} was delivered {deliveries} times, over the "
-            f"limit of {limit} attempts; its consumer probably crashed handling it"
-        )
