@@ -423,12 +423,8 @@ class KafkaBackend(Backend):
             raise translate_error(exc, f"create topic {topic!r}") from exc
 
         self._partition_counts.pop(topic, None)
-        for name, code, *_ in response.topic_errors:
-            if name != topic or code == _NO_ERROR:
-                continue
-            if code == _TOPIC_EXISTS:
-                return False
-            raise KafkaBackendError(f"create topic {topic!r}", for_code(code)())
+        if not _outcome_for(topic, response.topic_errors, "create", _TOPIC_EXISTS):
+            return False
 
         await self._await_topic(topic)
         logger.debug(
@@ -458,12 +454,10 @@ class KafkaBackend(Backend):
             raise translate_error(exc, f"delete topic {topic!r}") from exc
 
         self._partition_counts.pop(topic, None)
-        for name, code, *_ in response.topic_error_codes:
-            if name != topic or code == _NO_ERROR:
-                continue
-            if code == _UNKNOWN_TOPIC:
-                return False
-            raise KafkaBackendError(f"delete topic {topic!r}", for_code(code)())
+        if not _outcome_for(
+            topic, response.topic_error_codes, "delete", _UNKNOWN_TOPIC
+        ):
+            return False
 
         logger.debug("Deleted topic %s", topic)
         return True
@@ -935,3 +929,21 @@ def _member(raw: Mapping[str, Any]) -> ConsumerGroupMember:
         host=raw["client_host"],
         assignment=assignment,
     )
+
+
+def _outcome_for(
+    topic: str, results: Sequence[Sequence[Any]], action: str, benign: int
+) -> bool:
+    """Read a topic's error code from an admin response.
+
+    :returns: ``False`` when the code is ``benign`` (the topic already existed,
+        or was already gone), ``True`` when the call succeeded.
+    :raises KafkaBackendError: for any other error code.
+    """
+    for name, code, *_ in results:
+        if name != topic or code == _NO_ERROR:
+            continue
+        if code == benign:
+            return False
+        raise KafkaBackendError(f"{action} topic {topic!r}", for_code(code)())
+    return True
