@@ -14,6 +14,7 @@ bool, nil, str, array, map), which is why headers survive every broker unchanged
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -300,20 +301,9 @@ class EventMessage:
 
     def _delivered_copy(self) -> EventMessage:
         """A fresh, unsettled copy for one handler attempt."""
-        copy = EventMessage(
-            topic=self.topic,
-            value=self.value,
-            key=self.key,
-            headers=dict(self.headers),
-            offset=self.offset,
-            partition=self.partition,
-            timestamp=self.timestamp,
-            correlation_id=self.correlation_id,
-            causation_id=self.causation_id,
-            message_id=self.message_id,
+        return dataclasses.replace(
+            self, headers=dict(self.headers), _settlement=None, _deliverable=True
         )
-        copy._deliverable = True
-        return copy
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
