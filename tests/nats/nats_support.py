@@ -16,25 +16,19 @@ import nats.js.errors
 import pytest
 
 from polybus import EventBus, PolybusSettings
-from polybus.settings import DeadLetterSettings, RetrySettings
+from polybus.settings import RetrySettings
+from polybus.testing.harness import fast_settings, free_port
 from polybus_nats import NatsBackend, NatsSettings
 
 SERVER_URL = os.environ.get("POLYBUS_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
+_RETRY = RetrySettings(max_attempts=3, backoff_ms=5, backoff_max_ms=20, jitter_ms=1)
+
+
 def core_settings(**overrides: Any) -> PolybusSettings:
     """Core settings for tests: quick retries and drains, no environment."""
-    values: dict[str, Any] = {
-        "default_partitions": 1,
-        "prefetch": 16,
-        "drain_timeout_ms": 3_000,
-        "retry": RetrySettings(
-            max_attempts=3, backoff_ms=5, backoff_max_ms=20, jitter_ms=1
-        ),
-        "dead_letter": DeadLetterSettings(),
-    }
-    values.update(overrides)
-    return PolybusSettings(**values)
+    return fast_settings(**{"drain_timeout_ms": 3_000, "retry": _RETRY, **overrides})
 
 
 class NatsPlace:
@@ -96,12 +90,6 @@ class NatsPlace:
             await client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrivateNats:
     """A ``nats-server -js`` of this test run, storing streams in a folder."""
 
@@ -111,7 +99,7 @@ class PrivateNats:
             pytest.skip("nats-server is not installed")
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self._extra = extra

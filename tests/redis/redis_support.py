@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -18,7 +17,8 @@ import pytest
 import redis
 
 from polybus.bus import EventBus
-from polybus.settings import DeadLetterSettings, PolybusSettings, RetrySettings
+from polybus.settings import PolybusSettings, RetrySettings
+from polybus.testing.harness import fast_settings, free_port
 from polybus_redis import RedisBackend, RedisSettings
 
 SHARED_URL = os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -47,19 +47,12 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
+_RETRY = RetrySettings(max_attempts=3, backoff_ms=5, backoff_max_ms=20, jitter_ms=1)
+
+
 def core_settings(**overrides: Any) -> PolybusSettings:
     """Core settings for tests: quick retries and drains."""
-    values: dict[str, Any] = {
-        "default_partitions": 1,
-        "prefetch": 16,
-        "drain_timeout_ms": 3_000,
-        "retry": RetrySettings(
-            max_attempts=3, backoff_ms=5, backoff_max_ms=20, jitter_ms=1
-        ),
-        "dead_letter": DeadLetterSettings(),
-    }
-    values.update(overrides)
-    return PolybusSettings(**values)
+    return fast_settings(**{"drain_timeout_ms": 3_000, "retry": _RETRY, **overrides})
 
 
 class RedisEnv:
@@ -120,12 +113,6 @@ class RedisEnv:
             client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrivateRedis:
     """A ``redis-server`` of this test run, persisting to an append-only file."""
 
@@ -135,7 +122,7 @@ class PrivateRedis:
             pytest.skip("redis-server is not installed")
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -43,6 +44,8 @@ __all__ = [
     "Outcome",
     "async_test",
     "close_loop",
+    "fast_settings",
+    "free_port",
     "key_for_partition",
     "wait_until",
 ]
@@ -326,6 +329,14 @@ def _outcome_of(message: EventMessage, error: BaseException | None) -> Outcome:
     if settlement == "requeue":
         return "requeue"
     return "ack" if error is None else "raise"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on, for a test server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def fast_settings(**overrides: Any) -> PolybusSettings:

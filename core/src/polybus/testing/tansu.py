@@ -35,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
 
+from polybus.testing.harness import free_port
+
 __all__ = [
     "BINARY_ENV_VAR",
     "TansuBroker",
@@ -134,17 +136,6 @@ def _ensure_executable(path: Path) -> Path:
     if not os.access(path, os.X_OK):
         raise TansuUnavailableError(f"the Tansu binary {path} is not executable")
     return path
-
-
-def _free_port() -> int:
-    """Ask the kernel for a loopback TCP port that nothing listens on.
-
-    :returns: the port number.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _port_is_free(port: int) -> bool:
@@ -276,7 +267,7 @@ class TansuBroker:
 
     def __init__(self, port: int | None = None, *, binary: Path | None = None) -> None:
         self._binary = binary if binary is not None else find_tansu_binary()
-        self._port = port if port is not None else _free_port()
+        self._port = port if port is not None else free_port(_HOST)
         self._log_dir = Path(tempfile.mkdtemp(prefix="polybus-tansu-"))
         self._log_path = self._log_dir / "tansu.log"
         self._process: subprocess.Popen[bytes] | None = None
