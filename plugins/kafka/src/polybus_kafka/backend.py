@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -73,6 +73,9 @@ from polybus_kafka.stream import KafkaStream
 __all__ = ["CAPABILITIES", "ConsumerGroupActiveError", "KafkaBackend", "ProduceStats"]
 
 logger = logging.getLogger(__name__)
+
+_Offsets: TypeAlias = dict[TopicPartition, int]
+"""Offset of each partition."""
 
 _NO_ERROR: Final = 0
 _UNKNOWN_TOPIC: Final = 3
@@ -342,6 +345,22 @@ class KafkaBackend(Backend):
         self._partition_counts[topic] = (count, time.monotonic())
         return count
 
+    async def _offset_range(
+        self, topic: str, partitions: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[TopicPartition], _Offsets, _Offsets]:
+        """The partitions of ``topic`` with their start and end offsets.
+
+        :param partitions: the topic's partition entries from the metadata.
+        :returns: the partitions, then start and end offset of each partition
+            whose leader answered.
+        """
+        leaders = {
+            TopicPartition(topic, p["partition"]): p["leader"] for p in partitions
+        }
+        starts = await self._end_offsets(leaders, _EARLIEST)
+        ends = await self._end_offsets(leaders, _LATEST)
+        return list(leaders), starts, ends
+
     async def _end_offsets(
         self, partitions: Mapping[TopicPartition, int], timestamp: int
     ) -> dict[TopicPartition, int]:
@@ -470,11 +489,7 @@ class KafkaBackend(Backend):
 
         partitions = entry["partitions"]
         self._partition_counts[topic] = (len(partitions), time.monotonic())
-        leaders = {
-            TopicPartition(topic, p["partition"]): p["leader"] for p in partitions
-        }
-        starts = await self._end_offsets(leaders, _EARLIEST)
-        ends = await self._end_offsets(leaders, _LATEST)
+        all_partitions, starts, ends = await self._offset_range(topic, partitions)
         count = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
         replicas = len(partitions[0]["replicas"]) if partitions else 0
 
@@ -482,7 +497,7 @@ class KafkaBackend(Backend):
             name=topic,
             partition_count=len(partitions),
             created_at=None,
-            message_count=count if len(ends) == len(leaders) else None,
+            message_count=count if len(ends) == len(all_partitions) else None,
             config={"replication_factor": replicas},
         )
 
@@ -598,12 +613,7 @@ class KafkaBackend(Backend):
         if entry is None:
             raise TopicNotFoundError(topic)
 
-        leaders = {
-            TopicPartition(topic, p["partition"]): p["leader"]
-            for p in entry["partitions"]
-        }
-        starts = await self._end_offsets(leaders, _EARLIEST)
-        ends = await self._end_offsets(leaders, _LATEST)
+        _, starts, ends = await self._offset_range(topic, entry["partitions"])
         bounds = {
             tp: (starts.get(tp, 0), end)
             for tp, end in ends.items()
@@ -757,15 +767,12 @@ class KafkaBackend(Backend):
         entry = await self._topic_entry(topic)
         if entry is None:
             raise TopicNotFoundError(topic)
-        leaders = {
-            TopicPartition(topic, p["partition"]): p["leader"]
-            for p in entry["partitions"]
-        }
-        starts = await self._end_offsets(leaders, _EARLIEST)
-        ends = await self._end_offsets(leaders, _LATEST)
+        all_partitions, starts, ends = await self._offset_range(
+            topic, entry["partitions"]
+        )
         targets = {
             tp: _target_offset(offset, starts.get(tp, 0), ends.get(tp, 0))
-            for tp in leaders
+            for tp in all_partitions
         }
 
         # A manually assigned consumer commits without joining the group,
