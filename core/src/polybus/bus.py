@@ -172,6 +172,10 @@ class EventBus:
         validate_topic_name(topic)
         record = await self.record_for(topic, message, partition_key)
 
+        await self._send(record)
+
+    async def _send(self, record: OutboundRecord) -> None:
+        """Hand one record to the backend, count it, and raise what it refused."""
         started = time.perf_counter()
         try:
             (outcome,) = await self.backend.publish([record])
@@ -182,13 +186,14 @@ class EventBus:
         if outcome is not None:
             self.counters.publish_failures += 1
             if isinstance(outcome, TopicNotFoundError):
-                self._partition_counts.pop(topic, None)
+                self._partition_counts.pop(record.topic, None)
             raise outcome
 
-        self._record_published(topic, len(record.payload), started)
+        self.note_published(record.topic, len(record.payload))
+        self.counters.publish_latency.add((time.perf_counter() - started) * 1000)
 
     def note_published(self, topic: str, size: int) -> None:
-        """Count a message published around :meth:`publish_event`."""
+        """Count a message as published to ``topic``."""
         counters = self.counters.topics[topic]
         counters.published += 1
         counters.bytes_published += size
@@ -229,21 +234,12 @@ class EventBus:
 
         return OutboundRecord(topic, partition, event.key, payload, event.message_id)
 
-    def _record_published(self, topic: str, size: int, started: float) -> None:
-        counters = self.counters.topics[topic]
-        counters.published += 1
-        counters.bytes_published += size
-        self.counters.publish_latency.add((time.perf_counter() - started) * 1000)
-
     async def _publish_dead_letter(self, topic: str, message: EventMessage) -> None:
         # A dead letter is its original plus bounded failure headers, so it may
         # exceed the limit its original met by that much.
         limit = self.settings.max_message_bytes + DEAD_LETTER_HEADROOM
         record = await self.record_for(topic, message, None, max_bytes=limit)
-        (outcome,) = await self.backend.publish([record])
-        if outcome is not None:
-            raise outcome
-        self._record_published(topic, len(record.payload), time.perf_counter())
+        await self._send(record)
 
     async def _partition_count(self, topic: str) -> int:
         cached = self._partition_counts.get(topic)
