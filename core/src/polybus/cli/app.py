@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from polybus.bus import EventBus
 from polybus.cli.bench import run_bench
 from polybus.cli.corpus import read_corpus, sample_corpus_path
 from polybus.cli.replay import GROUPS, ReplayReport, run_replay
@@ -31,7 +32,7 @@ from polybus.factory import create_event_bus, read_settings
 from polybus.message import EventMessage
 from polybus.registry import default_registry
 from polybus.settings import PolybusSettings
-from polybus.types import ContextValue, DLQMessage, FailureAnalysis
+from polybus.types import ContextValue, DLQMessage
 
 __all__ = ["app", "main"]
 
@@ -90,6 +91,17 @@ def _reported_errors() -> Iterator[None]:
 def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     with _reported_errors():
         return asyncio.run(factory())
+
+
+def _on_bus(backend: str | None, work: Callable[[EventBus], Awaitable[T]]) -> T:
+    """Run ``work`` on a started bus of the chosen backend, reporting errors."""
+    settings = _settings(backend)
+
+    async def run() -> T:
+        async with create_event_bus(settings) as bus:
+            return await work(bus)
+
+    return _run(run)
 
 
 # -- plugins ---------------------------------------------------------------------
@@ -240,13 +252,12 @@ def publish(
             for line in lines
         ]
 
-    async def send() -> int:
-        async with create_event_bus(_settings(backend)) as bus:
-            for message in messages:
-                await bus.publish_event(topic, message)
+    async def send(bus: EventBus) -> int:
+        for message in messages:
+            await bus.publish_event(topic, message)
         return len(messages)
 
-    count = _run(send)
+    count = _on_bus(backend, send)
     err.print(f"published {count} message(s) to {topic}", highlight=False)
 
 
@@ -326,11 +337,7 @@ def consume(
 def topics_list(backend: BackendOption = None) -> None:
     """Names of every topic."""
 
-    async def names() -> list[str]:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await bus.list_topics()
-
-    for name in _run(names):
+    for name in _on_bus(backend, lambda bus: bus.list_topics()):
         out.print(name, highlight=False)
 
 
@@ -342,11 +349,7 @@ def topics_create(
 ) -> None:
     """Create a topic."""
 
-    async def create() -> bool:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await bus.create_topic(topic, partitions)
-
-    created = _run(create)
+    created = _on_bus(backend, lambda bus: bus.create_topic(topic, partitions))
     out.print(f"{topic}: {'created' if created else 'already exists'}")
 
 
@@ -354,11 +357,7 @@ def topics_create(
 def topics_delete(topic: str, backend: BackendOption = None) -> None:
     """Delete a topic with its messages and groups."""
 
-    async def delete() -> bool:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await bus.delete_topic(topic)
-
-    deleted = _run(delete)
+    deleted = _on_bus(backend, lambda bus: bus.delete_topic(topic))
     out.print(f"{topic}: {'deleted' if deleted else 'did not exist'}")
 
 
@@ -366,24 +365,19 @@ def topics_delete(topic: str, backend: BackendOption = None) -> None:
 def topics_info(topic: str, backend: BackendOption = None) -> None:
     """Partitions, groups and size of a topic."""
 
-    async def describe() -> dict[str, Any] | None:
-        async with create_event_bus(_settings(backend)) as bus:
-            info = await bus.get_topic_info(topic)
-        if info is None:
-            return None
-        return {
-            "name": info.name,
-            "partition_count": info.partition_count,
-            "created_at": info.created_at.isoformat() if info.created_at else None,
-            "message_count": info.message_count,
-            "consumer_groups": list(info.consumer_groups),
-            "config": info.config,
-        }
-
-    described = _run(describe)
-    if described is None:
+    info = _on_bus(backend, lambda bus: bus.get_topic_info(topic))
+    if info is None:
         err.print(f"topic {topic!r} does not exist", highlight=False)
         raise typer.Exit(code=1)
+
+    described = {
+        "name": info.name,
+        "partition_count": info.partition_count,
+        "created_at": info.created_at.isoformat() if info.created_at else None,
+        "message_count": info.message_count,
+        "consumer_groups": list(info.consumer_groups),
+        "config": info.config,
+    }
     print(json.dumps(described, indent=2))
 
 
@@ -416,11 +410,9 @@ def dlq_list(
 ) -> None:
     """Dead letters of TOPIC not yet retried or cleared."""
 
-    async def letters() -> list[DLQMessage]:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await DeadLetterQueue(bus).get_dlq_messages(topic, limit)
-
-    found = _run(letters)
+    found = _on_bus(
+        backend, lambda bus: DeadLetterQueue(bus).get_dlq_messages(topic, limit)
+    )
     table = Table(title=f"dead letters of {topic}")
     for column in ("id", "last failure", "group", "exception", "reason", "tries"):
         table.add_column(column)
@@ -440,11 +432,11 @@ def dlq_list(
 def dlq_show(topic: str, dlq_message_id: str, backend: BackendOption = None) -> None:
     """One dead letter of TOPIC as JSON, with its stack trace."""
 
-    async def letters() -> list[DLQMessage]:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await DeadLetterQueue(bus).get_dlq_messages(topic, limit=1_000_000)
-
-    for letter in _run(letters):
+    letters = _on_bus(
+        backend,
+        lambda bus: DeadLetterQueue(bus).get_dlq_messages(topic, limit=1_000_000),
+    )
+    for letter in letters:
         if letter.dlq_message_id == dlq_message_id:
             print(json.dumps(_letter_json(letter), indent=2))
             print(letter.stack_trace)
@@ -458,11 +450,10 @@ def dlq_show(topic: str, dlq_message_id: str, backend: BackendOption = None) -> 
 def dlq_retry(topic: str, dlq_message_id: str, backend: BackendOption = None) -> None:
     """Publish a dead letter's original to TOPIC again."""
 
-    async def retry() -> bool:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await DeadLetterQueue(bus).retry_failed_message(dlq_message_id)
-
-    if not _run(retry):
+    retried = _on_bus(
+        backend, lambda bus: DeadLetterQueue(bus).retry_failed_message(dlq_message_id)
+    )
+    if not retried:
         err.print(f"{dlq_message_id} was already retried or cleared", highlight=False)
         raise typer.Exit(code=1)
     out.print(f"{dlq_message_id}: republished to {topic}", highlight=False)
@@ -476,13 +467,11 @@ def dlq_clear(
 ) -> None:
     """Clear dead letters of TOPIC older than the given age."""
 
-    async def clear() -> int:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await DeadLetterQueue(bus).clear_dlq_messages(
-                topic, older_than_hours
-            )
-
-    out.print(f"cleared {_run(clear)} dead letter(s) of {topic}", highlight=False)
+    cleared = _on_bus(
+        backend,
+        lambda bus: DeadLetterQueue(bus).clear_dlq_messages(topic, older_than_hours),
+    )
+    out.print(f"cleared {cleared} dead letter(s) of {topic}", highlight=False)
 
 
 @dlq_app.command("analyze")
@@ -493,11 +482,9 @@ def dlq_analyze(
 ) -> None:
     """Failure patterns of TOPIC's dead letters, as tables."""
 
-    async def analyze() -> FailureAnalysis:
-        async with create_event_bus(_settings(backend)) as bus:
-            return await DeadLetterQueue(bus).analyze_failure_patterns(topic, hours)
-
-    analysis = _run(analyze)
+    analysis = _on_bus(
+        backend, lambda bus: DeadLetterQueue(bus).analyze_failure_patterns(topic, hours)
+    )
     out.print(
         f"{analysis.total_failures} failure(s) of {topic} in the last {hours}h; "
         f"groups: {', '.join(analysis.affected_groups) or '-'}; "
