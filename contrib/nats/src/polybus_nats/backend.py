@@ -123,6 +123,9 @@ CAPABILITIES: Final = Capabilities(
 
 _API_PREFIX: Final = "$JS.API"
 
+_ATTEMPT_ERRORS_SHOWN: Final = 4
+"""How many distinct failures of one connect call its error names."""
+
 _UNAVAILABLE: Final = (
     nats.errors.TimeoutError,
     nats.errors.ConnectionClosedError,
@@ -182,7 +185,7 @@ class NatsBackend(Backend):
         self._kv: KeyValue | None = None
         self._leaving: set[asyncio.Task[None]] = set()
         self._connecting = False
-        self._last_error: Exception | None = None
+        self._attempt_errors: dict[str, Exception] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -217,7 +220,8 @@ class NatsBackend(Backend):
         password = settings.password.get_secret_value() if settings.password else None
         token = settings.token.get_secret_value() if settings.token else None
 
-        self._connecting, self._last_error = True, None
+        self._connecting = True
+        self._attempt_errors.clear()
         try:
             # The client retries a refused first connection for ever when
             # reconnects are unlimited, so the whole attempt gets a deadline.
@@ -237,11 +241,14 @@ class NatsBackend(Backend):
                     reconnected_cb=self._on_reconnected,
                 )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
-            cause = self._last_error or exc
+            # Each failed attempt is kept: the first one (say, a refused
+            # password) explains more than the reset the retries then meet.
+            seen = list(self._attempt_errors) or [repr(exc)]
             raise BackendUnavailableError(
                 f"cannot connect to NATS at {settings.redacted_servers} within "
-                f"{timeout:.1f}s: {cause!r}; check POLYBUS_NATS__SERVERS, the "
-                "credentials, and that the server is running"
+                f"{timeout:.1f}s: {', then '.join(seen)}; check "
+                "POLYBUS_NATS__SERVERS, the credentials, and that the server is "
+                "running"
             ) from exc
         finally:
             self._connecting = False
@@ -264,7 +271,8 @@ class NatsBackend(Backend):
     async def _on_error(self, exc: Exception) -> None:
         # While connecting, the error ends up in the exception connect raises.
         if self._connecting:
-            self._last_error = exc
+            if len(self._attempt_errors) < _ATTEMPT_ERRORS_SHOWN:
+                self._attempt_errors.setdefault(repr(exc), exc)
             logger.debug("NATS connection attempt failed: %r", exc)
             return
 
