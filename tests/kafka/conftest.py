@@ -17,8 +17,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from polybus.testing.harness import BackendFactory
+from polybus.testing.outage import Outage
 from polybus_kafka import KafkaBackend
-from polybus_kafka.testing import KafkaTestServer, kafka_test_server
+from polybus_kafka.testing import (
+    KafkaTestServer,
+    kafka_outage_server,
+    kafka_test_server,
+)
 
 BOOTSTRAP_ENV_VAR = "POLYBUS_KAFKA_BOOTSTRAP"
 
@@ -52,3 +57,10 @@ def polybus_restart_server(
 ) -> Callable[[], object] | None:
     """Restart the session's Tansu broker; ``None`` for an external broker."""
     return kafka_server.tansu.restart if kafka_server.tansu is not None else None
+
+
+@pytest.fixture
+def polybus_outage() -> Iterator[Outage | None]:
+    """A broker of its own that the kit can cut off; ``None`` if external."""
+    with kafka_outage_server(BOOTSTRAP_ENV_VAR, KafkaBackend) as outage:
+        yield outage

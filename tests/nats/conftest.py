@@ -24,6 +24,7 @@ from nats_support import (
     NatsPlace,
     PrivateNats,
 )
+from polybus.testing.outage import Outage, TcpOutage
 from polybus_nats import NatsBackend
 
 
@@ -88,15 +89,30 @@ async def private_place(private_nats: PrivateNats) -> AsyncIterator[NatsPlace]:
 
 
 @pytest.fixture
-def polybus_backend_factory(
-    shared_nats: str,
-) -> Iterator[Callable[[], NatsBackend]]:
-    """Fresh backends on the shared server, under prefixes of this test.
+def kit_place(shared_nats: str) -> Iterator[NatsPlace]:
+    """Prefixes of the conformance kit's test on the shared server.
 
     The kit closes its buses in its own event loop; the streams it made are
     removed here, in one of ours, once the test is over.
     """
     corner = NatsPlace(shared_nats)
-    yield corner.backend
+    yield corner
 
     asyncio.run(corner.clean())
+
+
+@pytest.fixture
+def polybus_backend_factory(kit_place: NatsPlace) -> Callable[[], NatsBackend]:
+    """Fresh backends on the shared server, under prefixes of this test."""
+    return kit_place.backend
+
+
+@pytest.fixture
+def polybus_outage(shared_nats: str, kit_place: NatsPlace) -> Iterator[Outage]:
+    """Backends that reach the shared server through a relay the kit can cut."""
+    parts = urlsplit(shared_nats)
+    with TcpOutage((parts.hostname or "127.0.0.1", parts.port or 4222)) as relay:
+        yield Outage.through(
+            relay,
+            lambda: kit_place.backend(servers=f"nats://127.0.0.1:{relay.port}"),
+        )

@@ -24,6 +24,7 @@ import pytest
 from yarl import URL
 
 from polybus.testing.harness import BackendFactory
+from polybus.testing.outage import Outage, TcpOutage
 from polybus_rabbitmq import RabbitMQBackend, RabbitMQSettings
 
 RABBITMQ_URL = os.environ.get("POLYBUS_TEST_RABBITMQ_URL", "amqp://127.0.0.1:5672/")
@@ -94,3 +95,12 @@ def polybus_backend_factory(rabbitmq_settings: SettingsFactory) -> BackendFactor
     """Fresh backends on one namespace of the test broker, for the kit."""
     settings = rabbitmq_settings()
     return lambda: RabbitMQBackend(settings)
+
+
+@pytest.fixture
+def polybus_outage(rabbitmq_settings: SettingsFactory) -> Iterator[Outage]:
+    """Backends that reach the test broker through a relay the kit can cut."""
+    url = URL(RABBITMQ_URL)
+    with TcpOutage((url.host or "127.0.0.1", url.port or 5672)) as relay:
+        settings = rabbitmq_settings(url=str(url.with_port(relay.port)))
+        yield Outage.through(relay, lambda: RabbitMQBackend(settings))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from polybus.testing.outage import Outage, TcpOutage
 from polybus_redis import CAPABILITIES, RedisBackend
 from redis_support import (
     SHARED_URL,
@@ -106,3 +107,18 @@ def polybus_backend_factory(
 def polybus_restart_server(private_redis: PrivateRedis) -> Callable[[], None]:
     """Restart the private server; its append-only file keeps the data."""
     return private_redis.restart
+
+
+@pytest.fixture
+def polybus_outage(
+    private_env: RedisEnv, private_redis: PrivateRedis
+) -> Iterator[Outage]:
+    """Backends that reach the private server through a relay the kit can cut."""
+    with TcpOutage(("127.0.0.1", private_redis.port)) as relay:
+
+        def make() -> RedisBackend:
+            backend = private_env.backend(url=f"redis://127.0.0.1:{relay.port}/0")
+            backend.capabilities = dataclasses.replace(CAPABILITIES, persistent=True)
+            return backend
+
+        yield Outage.through(relay, make)

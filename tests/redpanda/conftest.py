@@ -12,7 +12,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from polybus.testing.harness import BackendFactory
-from polybus_kafka.testing import KafkaTestServer, kafka_test_server
+from polybus.testing.outage import Outage
+from polybus_kafka.testing import (
+    KafkaTestServer,
+    kafka_outage_server,
+    kafka_test_server,
+)
 from polybus_redpanda import RedpandaBackend, RedpandaSettings
 
 BOOTSTRAP_ENV_VAR = "POLYBUS_REDPANDA_BOOTSTRAP"
@@ -50,3 +55,12 @@ def polybus_restart_server(
     """Restart the session's Tansu broker; ``None`` for an external broker."""
     tansu = redpanda_server.tansu
     return tansu.restart if tansu is not None else None
+
+
+@pytest.fixture
+def polybus_outage() -> Iterator[Outage | None]:
+    """A broker of its own that the kit can cut off; ``None`` if external."""
+    with kafka_outage_server(
+        BOOTSTRAP_ENV_VAR, RedpandaBackend, RedpandaSettings
+    ) as outage:
+        yield outage

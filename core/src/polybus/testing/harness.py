@@ -21,7 +21,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, ParamSpec, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, Protocol
 
 from polybus.backend import Backend, Capabilities
 from polybus.bus import EventBus
@@ -31,6 +31,9 @@ from polybus.partitioner import partition_for_key
 from polybus.settings import DeadLetterSettings, PolybusSettings, RetrySettings
 from polybus.testing.checks import compare_delivery
 from polybus.types import ContextValue
+
+if TYPE_CHECKING:
+    from polybus.testing.outage import Outage
 
 __all__ = [
     "FENCE_HEADER",
@@ -366,6 +369,10 @@ class Harness:
 
     :param factory: makes fresh, unstarted backends of the server under test.
     :param restart_server: restarts the broker, if the backend's tests can.
+    :param outage: gives the :class:`polybus.testing.outage.Outage` that
+        cuts backends off from the running broker and lets them back, or
+        ``None`` if the backend's tests cannot; called on first use only, so
+        tests that need no outage set none up.
     :param timeout_scale: multiplies every deadline.
     """
 
@@ -374,15 +381,22 @@ class Harness:
         factory: BackendFactory,
         *,
         restart_server: Callable[[], object] | None = None,
+        outage: Callable[[], Outage | None] | None = None,
         timeout_scale: float = 1.0,
     ) -> None:
         self.factory = factory
         self.restart_server = restart_server
+        self._outage_provider = outage
         self.timeout_scale = timeout_scale
         self.run_id = uuid.uuid4().hex[:10]
         self.buses: list[EventBus] = []
         self._capabilities: Capabilities | None = None
         self._backend_name = ""
+
+    @functools.cached_property
+    def outage(self) -> Outage | None:
+        """How to cut the backends off from the broker, if the tests can."""
+        return self._outage_provider() if self._outage_provider else None
 
     # -- what the backend declares --------------------------------------------
 
@@ -448,12 +462,16 @@ class Harness:
 
     # -- buses ----------------------------------------------------------------
 
-    async def bus(self, **settings: Any) -> EventBus:
+    async def bus(
+        self, *, factory: BackendFactory | None = None, **settings: Any
+    ) -> EventBus:
         """A started bus on a new backend connection; closed with the harness.
 
+        :param factory: makes the backend; the harness's own when ``None``.
         :param settings: overrides of :func:`fast_settings`.
         """
-        bus = EventBus(self.factory(), fast_settings(**settings))
+        backend = (factory or self.factory)()
+        bus = EventBus(backend, fast_settings(**settings))
         await bus.start()
         self.buses.append(bus)
         return bus

@@ -18,6 +18,11 @@ A backend, built-in or third-party, runs the whole contract of
     def polybus_restart_server():  # optional
         return my_server.restart  # sync or async callable, or None
 
+    @pytest.fixture
+    def polybus_outage():  # optional: see polybus.testing.outage
+        with TcpOutage(("127.0.0.1", 9999)) as relay:
+            yield Outage.through(relay, lambda: MyBackend(MySettings(port=relay.port)))
+
 ``test_conformance.py``::
 
     from polybus.testing.suite import ConformanceSuite
@@ -55,15 +60,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from polybus.testing.harness import BackendFactory, Harness
+from polybus.testing.outage import Outage
 from polybus.testing.profiles import PROFILE_ENV_VAR, selected_profile
 
 __all__ = [
     "polybus_backend_factory",
     "polybus_harness",
+    "polybus_outage",
     "polybus_restart_server",
     "make_harness",
     "pytest_addoption",
@@ -122,6 +130,12 @@ def polybus_restart_server() -> Callable[[], object] | None:
     return None
 
 
+@pytest.fixture
+def polybus_outage() -> Outage | None:
+    """Cuts backends off from the running broker; ``None`` here, so tests skip."""
+    return None
+
+
 def timeout_scale(config: pytest.Config) -> float:
     """The deadline scale: the command-line option if registered, else the env."""
     option = config.getoption("polybus_timeout_scale", default=None)
@@ -131,15 +145,36 @@ def timeout_scale(config: pytest.Config) -> float:
 
 
 def make_harness(request: pytest.FixtureRequest, factory: BackendFactory) -> Harness:
-    """A harness for one test, with the restart fixture if the backend has one."""
-    try:
-        restart = request.getfixturevalue("polybus_restart_server")
-    except pytest.FixtureLookupError:
-        restart = None
+    """A harness for one test, with the restart and outage fixtures if defined.
+
+    The outage fixture is set up only when a test asks the harness for it.
+    """
+    restart = _optional_fixture(request, "polybus_restart_server")
+
+    def outage() -> Outage | None:
+        found: Outage | None = _optional_fixture(request, "polybus_outage")
+        return found
 
     return Harness(
-        factory, restart_server=restart, timeout_scale=timeout_scale(request.config)
+        factory,
+        restart_server=restart,
+        outage=outage,
+        timeout_scale=timeout_scale(request.config),
     )
+
+
+def _optional_fixture(request: pytest.FixtureRequest, name: str) -> Any:
+    """The value of fixture ``name``, or ``None`` where nothing defines it.
+
+    A fixture that is defined but needs one that is not is a mistake in the
+    backend's conftest, and its lookup error is raised, not taken for absence.
+    """
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError as exc:
+        if exc.argname != name:
+            raise
+        return None
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@
         pass
 
 The class needs the fixtures of :mod:`polybus.testing.plugin` (a backend
-provides ``polybus_backend_factory``, optionally ``polybus_restart_server``).
+provides ``polybus_backend_factory``, optionally ``polybus_restart_server``
+and ``polybus_outage``).
 Each test is one clause of ``docs/semantics.md``, written as an async check
 in :mod:`polybus.testing.contracts`; ``test_state_machine`` runs the
 property-based equivalence of :mod:`polybus.testing.machine`. A subclass drops
@@ -131,6 +132,9 @@ class ConformanceSuite:
     test_messages_survive_server_restart = contract_test(
         settlement.messages_survive_server_restart, timeout=180
     )
+    test_consumers_resume_after_an_outage = contract_test(
+        settlement.consumers_resume_after_an_outage, timeout=180
+    )
 
     # -- publisher and dead-letter queue ----------------------------------
     test_batch_counts_match_arrivals = contract_test(
@@ -141,6 +145,9 @@ class ConformanceSuite:
     )
     test_publish_retry_rides_out_a_restart = contract_test(
         publishing.publish_retry_rides_out_a_restart, timeout=180
+    )
+    test_publish_retry_rides_out_an_outage = contract_test(
+        publishing.publish_retry_rides_out_an_outage, timeout=180
     )
     test_dead_letter_life_cycle = contract_test(publishing.dead_letter_life_cycle)
 

@@ -229,10 +229,11 @@ def _call(
     return reader
 
 
-def _probe(port: int, timeout: float) -> None:
-    """Check that a Kafka broker answers on ``port`` and advertises it.
+def _probe(port: int, advertised: int, timeout: float) -> None:
+    """Check that a Kafka broker answers on ``port`` and advertises ``advertised``.
 
     :param port: the loopback port to probe.
+    :param advertised: the port its metadata must name.
     :param timeout: socket timeout for the whole exchange, in seconds.
     :raises OSError: if the broker cannot be reached.
     :raises _ProbeError: if it answers, but not as a ready broker would.
@@ -248,8 +249,10 @@ def _probe(port: int, timeout: float) -> None:
             (metadata.int32(), metadata.string(), metadata.int32())
             for _ in range(metadata.int32())
         ]
-        if not any(broker_port == port for _, _, broker_port in brokers):
-            raise _ProbeError(f"Metadata lists no broker on port {port}: {brokers}")
+        if not any(broker_port == advertised for _, _, broker_port in brokers):
+            raise _ProbeError(
+                f"Metadata lists no broker on port {advertised}: {brokers}"
+            )
 
 
 class TansuBroker:
@@ -263,11 +266,22 @@ class TansuBroker:
     :param port: the loopback port to listen on; a free one when ``None``.
     :param binary: the ``tansu`` executable; :func:`find_tansu_binary` when
         ``None``.
+    :param advertised_port: the loopback port the broker tells clients to
+        connect to; ``port`` when ``None``. Another port puts something
+        between the clients and the broker, such as a
+        :class:`polybus.testing.outage.TcpOutage` relay to ``port``.
     """
 
-    def __init__(self, port: int | None = None, *, binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self._binary = binary if binary is not None else find_tansu_binary()
         self._port = port if port is not None else free_port(_HOST)
+        self._advertised_port = advertised_port or self._port
         self._log_dir = Path(tempfile.mkdtemp(prefix="polybus-tansu-"))
         self._log_path = self._log_dir / "tansu.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -281,7 +295,7 @@ class TansuBroker:
     @property
     def bootstrap_servers(self) -> str:
         """The ``host:port`` string Kafka clients bootstrap from."""
-        return f"{_HOST}:{self._port}"
+        return f"{_HOST}:{self._advertised_port}"
 
     @property
     def log_path(self) -> Path:
@@ -373,14 +387,13 @@ class TansuBroker:
 
         :returns: the new process, also kept as ``self._process``.
         """
-        url = f"tcp://{_HOST}:{self._port}"
         command = [
             str(self._binary),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://{_HOST}:{self._port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://{_HOST}:{self._advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -430,7 +443,7 @@ class TansuBroker:
                 )
 
             try:
-                _probe(self._port, timeout=min(remaining, 2.0))
+                _probe(self._port, self._advertised_port, timeout=min(remaining, 2.0))
             except (OSError, _ProbeError) as exc:
                 last_error = exc
                 time.sleep(min(0.05, remaining))

@@ -18,11 +18,18 @@ from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from polybus.backend import Capabilities
+from polybus.testing.harness import free_port
+from polybus.testing.outage import Outage, TcpOutage
 from polybus.testing.tansu import TansuBroker
 from polybus_kafka.backend import KafkaBackend
 from polybus_kafka.settings import KafkaSettings
 
-__all__ = ["KafkaTestServer", "kafka_test_server", "on_tansu"]
+__all__ = [
+    "KafkaTestServer",
+    "kafka_outage_server",
+    "kafka_test_server",
+    "on_tansu",
+]
 
 B = TypeVar("B", bound=KafkaBackend)
 
@@ -106,3 +113,38 @@ def kafka_test_server(
         )
     finally:
         broker.stop()
+
+
+@contextlib.contextmanager
+def kafka_outage_server(
+    env_var: str,
+    backend_class: type[B],
+    settings_class: type[KafkaSettings] = KafkaSettings,
+) -> Iterator[Outage | None]:
+    """A Tansu broker that clients reach only through a :class:`TcpOutage`.
+
+    The broker listens on one port and advertises the relay's, so every
+    connection a client makes, bootstrap and partition leaders alike, can be
+    cut. An external broker advertises its own listeners and cannot be put
+    behind a relay: then the block gets ``None`` and outage tests skip.
+
+    :param env_var: variable naming an external broker, as for
+        :func:`kafka_test_server`.
+    :param backend_class: backend class the outage's factory makes.
+    :param settings_class: settings class of that backend.
+    """
+    if os.environ.get(env_var):
+        yield None
+        return
+
+    broker_port = free_port()
+    with TcpOutage(("127.0.0.1", broker_port)) as relay:
+        broker = TansuBroker(broker_port, advertised_port=relay.port)
+        broker.start()
+        try:
+            server = KafkaTestServer(
+                broker.bootstrap_servers, broker, backend_class, settings_class
+            )
+            yield Outage.through(relay, server.backend)
+        finally:
+            broker.stop()

@@ -11,14 +11,17 @@ from polybus.bus import EventBus
 from polybus.dlq import HEADER_PREFIX
 from polybus.errors import MessageAlreadySettledError, PolybusError
 from polybus.message import EventMessage
+from polybus.publisher import EventPublisher
 from polybus.settings import RetrySettings
 from polybus.testing.checks import check_delivery
+from polybus.testing.contracts.publishing import publish_each
 from polybus.testing.harness import Collector, Harness
 from polybus.types import ContextValue
 
 __all__ = [
     "HandlerFailure",
     "acked_message_never_redelivered",
+    "consumers_resume_after_an_outage",
     "handler_exception_retried_then_dead_lettered",
     "messages_survive_server_restart",
     "nack_reject_dead_letters",
@@ -398,3 +401,73 @@ async def messages_survive_server_restart(h: Harness) -> None:
         duplicates_allowed=h.capabilities.duplicates_after_crash,
         key_order=h.capabilities.partition_order,
     )
+
+
+async def consumers_resume_after_an_outage(h: Harness) -> None:
+    """A group cut off from a running broker comes back and misses nothing.
+
+    Publisher and group reach the broker through the outage, on buses of
+    their own. Messages are published before the cut, while it lasts (held
+    or retried by the publisher) and after the restore; every one must be
+    handled, in key order, with duplicates only where the backend declares
+    them possible after a connection loss.
+    """
+    outage = h.outage
+    if outage is None:
+        import pytest
+
+        pytest.skip("no polybus_outage fixture: cannot cut the broker off")
+
+    publishing_bus = await h.bus(factory=outage.factory)
+    topic = await h.topic(publishing_bus, 2)
+    publisher = EventPublisher(publishing_bus)
+    group = Collector("group")
+    consuming = await h.bus(factory=outage.factory)
+    await consuming.subscribe_to_topic(topic, group.handler(), group_id=h.name("g"))
+    before = await h.publish(publishing_bus, topic, 10, keys=_KEYS, stem="before")
+    await h.wait_handled(group, before)
+    refused_before = outage.turned_away()
+
+    await outage.cut()
+    during = _messages(topic, "during")
+    publishing = asyncio.create_task(publish_each(publisher, topic, during))
+    try:
+        await h.wait_until(
+            lambda: outage.turned_away() > refused_before,
+            lambda: "no client tried to reconnect while cut off",
+        )
+        assert not group.has_handled(during[:1]), (
+            "a message published during the outage was handled through it"
+        )
+    finally:
+        await outage.restore()
+    outcomes = await publishing
+    assert all(outcomes), f"publishes given up during the outage: {outcomes}"
+    after = _messages(topic, "after")
+    assert all(await publish_each(publisher, topic, after))
+
+    published = before + during + after
+    await h.wait_handled(group, published, timeout=60)
+    await h.fence(publishing_bus, topic, [group])
+    check_delivery(
+        published,
+        group.handled,
+        label="group across an outage",
+        duplicates_allowed=h.capabilities.duplicates_after_crash,
+        key_order=h.capabilities.partition_order,
+    )
+
+
+_KEYS: list[bytes | None] = [b"a", b"b", b"c"]
+
+
+def _messages(topic: str, stem: str) -> list[EventMessage]:
+    return [
+        EventMessage(
+            topic=topic,
+            value=f"{stem}-{index}".encode(),
+            key=_KEYS[index % len(_KEYS)],
+            headers={"seq": index},
+        )
+        for index in range(10)
+    ]
