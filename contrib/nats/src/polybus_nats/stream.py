@@ -513,7 +513,11 @@ class NatsStream(Stream):
                 f"the ack of message {sequence} of topic {self.topic!r} was not "
                 f"confirmed: {exc!r}; it will be delivered again"
             ) from exc
-        self._held.pop(sequence, None)
+        finally:
+            # Held or not, the message is ours no more: renewing it after a
+            # lost ack would keep it, and its partition, from the group
+            # until max_handling_ms instead of ack_wait_ms.
+            self._held.pop(sequence, None)
 
     async def _renew_held(self) -> None:
         """Tell the server, every third of the ack wait, which messages we hold."""
