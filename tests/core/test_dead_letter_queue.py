@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -142,3 +143,52 @@ async def test_backends_that_cannot_browse_say_so() -> None:
         await bus.create_topic("orders.dlq")
         with pytest.raises(UnsupportedOperationError, match="read_topic"):
             await DeadLetterQueue(bus).get_dlq_messages("orders")
+
+
+async def _claim_elsewhere(bus: InMemoryEventBus, letter_id: str, age: float) -> None:
+    """Append another process's claim on ``letter_id``, made ``age`` seconds ago."""
+    ledger = bus.dead_letters.ledger_for("orders")
+    made = datetime.now(UTC) - timedelta(seconds=age)
+    claim = EventMessage(
+        ledger,
+        b"",
+        key=letter_id.encode(),
+        headers={
+            "polybus.dlq.resolves": letter_id,
+            "polybus.dlq.resolution": "claimed",
+            "polybus.dlq.claim": "another-process",
+            "polybus.dlq.resolved_at": made.isoformat(),
+        },
+    )
+    await bus.publish_event(ledger, claim)
+
+
+async def test_a_retry_under_way_elsewhere_wins(
+    bus: InMemoryEventBus, eventually: Eventually
+) -> None:
+    dlq = DeadLetterQueue(bus)
+    fixed = await _fail_orders(bus, eventually, 1)
+    [letter] = await dlq.get_dlq_messages("orders")
+    await _claim_elsewhere(bus, letter.dlq_message_id, age=1)
+
+    assert not await dlq.retry_failed_message(letter.dlq_message_id)
+
+    assert fixed == []
+    assert [x.dlq_message_id for x in await dlq.get_dlq_messages("orders")] == [
+        letter.dlq_message_id
+    ]
+
+
+async def test_a_claim_whose_process_died_is_taken_over(
+    bus: InMemoryEventBus, eventually: Eventually
+) -> None:
+    dlq = DeadLetterQueue(bus)
+    fixed = await _fail_orders(bus, eventually, 1)
+    [letter] = await dlq.get_dlq_messages("orders")
+    timeout = bus.settings.dead_letter.retry_claim_timeout_ms / 1000
+    await _claim_elsewhere(bus, letter.dlq_message_id, age=timeout + 5)
+
+    assert await dlq.retry_failed_message(letter.dlq_message_id)
+
+    await eventually(lambda: len(fixed) == 1, "the replayed order handled")
+    assert await dlq.get_dlq_messages("orders") == []

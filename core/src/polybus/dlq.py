@@ -15,6 +15,7 @@ what happened, after the Kafka Connect and Spring conventions:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import traceback
@@ -22,9 +23,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from polybus.errors import (
+    BackendUnavailableError,
     ConfigurationError,
     DeadLetterNotFoundError,
     SerializationError,
@@ -177,6 +179,11 @@ works on every backend that can browse a topic."""
 
 _RESOLVES: Final = f"{HEADER_PREFIX}resolves"
 _RESOLUTION: Final = f"{HEADER_PREFIX}resolution"
+_CLAIM_TOKEN: Final = f"{HEADER_PREFIX}claim"
+_CLAIMED: Final = "claimed"
+_FINAL_OUTCOMES: Final = frozenset({"retried", "cleared"})
+_CLAIM_VISIBLE_SECONDS: Final = 10.0
+_CLAIM_POLL_SECONDS: Final = 0.05
 
 
 class DeadLetterQueue:
@@ -250,9 +257,13 @@ class DeadLetterQueue:
         """Publish a dead letter's original again to its topic.
 
         The original keeps its message id and gains a
-        ``polybus.dlq.replay_count`` header one higher than before.
+        ``polybus.dlq.replay_count`` header one higher than before. Processes
+        that retry one dead letter at the same time agree through its ledger
+        which of them replays it (see :meth:`_claim`); the others get
+        ``False``.
 
-        :returns: ``False`` if it was already retried or cleared.
+        :returns: ``False`` if it was already retried or cleared, or another
+            retry of it is under way.
         :raises DeadLetterNotFoundError: if no dead letter has that id.
         """
         for dead_letter_topic in await self._dead_letter_topics():
@@ -262,6 +273,8 @@ class DeadLetterQueue:
 
                 letter = _as_dlq_message(record)
                 if dlq_message_id in await self._resolved(letter.original_topic):
+                    return False
+                if not await self._claim(letter):
                     return False
 
                 await self._replay(letter)
@@ -369,9 +382,85 @@ class DeadLetterQueue:
         for entry in await self._records(ledger):
             letter = entry.headers.get(_RESOLVES)
             outcome = entry.headers.get(_RESOLUTION)
-            if isinstance(letter, str) and isinstance(outcome, str):
-                resolved[letter] = outcome
+            if isinstance(letter, str) and outcome in _FINAL_OUTCOMES:
+                resolved[letter] = str(outcome)
         return resolved
+
+    async def _claim(self, letter: DLQMessage) -> bool:
+        """Win the right to replay ``letter``, or learn that another retry has it.
+
+        Each retry appends a claim with a token of its own to the ledger,
+        keyed by the dead letter's id so that every entry about it lands on
+        one partition, in one order that every process reads alike. The first
+        claim in that order wins, unless a later one was made more than
+        ``retry_claim_timeout_ms`` after it without a recorded outcome in
+        between: that claimer died, and the later one takes over.
+        """
+        ledger = self._writer.ledger_for(letter.original_topic)
+        token = uuid4().hex
+        claim = EventMessage(
+            topic=ledger,
+            value=b"",
+            key=letter.dlq_message_id.encode(),
+            headers={
+                _RESOLVES: letter.dlq_message_id,
+                _RESOLUTION: _CLAIMED,
+                _CLAIM_TOKEN: token,
+                f"{HEADER_PREFIX}resolved_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        await self.bus.publish_event(ledger, claim)
+
+        entries = await self._ledger_until(ledger, letter.dlq_message_id, token)
+        timeout = timedelta(
+            milliseconds=self.bus.settings.dead_letter.retry_claim_timeout_ms
+        )
+        holder: tuple[str, datetime] | None = None
+
+        for entry in entries:
+            outcome = entry.headers.get(_RESOLUTION)
+            if outcome in _FINAL_OUTCOMES:
+                return False
+
+            made = _parse_time(str(entry.headers.get(f"{HEADER_PREFIX}resolved_at")))
+            claimer = str(entry.headers.get(_CLAIM_TOKEN))
+            if made is None:
+                continue
+            if holder is None or made - holder[1] > timeout:
+                holder = (claimer, made)
+            if claimer == token:
+                break
+
+        won = holder is not None and holder[0] == token
+        if not won:
+            logger.info(
+                "Dead letter %s is being retried by another process",
+                letter.dlq_message_id,
+            )
+        return won
+
+    async def _ledger_until(
+        self, ledger: str, letter_id: str, token: str
+    ) -> list[EventMessage]:
+        """Entries about ``letter_id``, in log order, once claim ``token`` shows."""
+        deadline = asyncio.get_running_loop().time() + _CLAIM_VISIBLE_SECONDS
+
+        while True:
+            entries = [
+                entry
+                for entry in await self._records(ledger)
+                if entry.headers.get(_RESOLVES) == letter_id
+            ]
+            if any(entry.headers.get(_CLAIM_TOKEN) == token for entry in entries):
+                return entries
+
+            if asyncio.get_running_loop().time() >= deadline:
+                raise BackendUnavailableError(
+                    f"the claim to retry dead letter {letter_id} was published "
+                    f"to {ledger!r} but did not show there within "
+                    f"{_CLAIM_VISIBLE_SECONDS:.0f}s"
+                )
+            await asyncio.sleep(_CLAIM_POLL_SECONDS)
 
     async def _open_letters(self, topic: str) -> list[DLQMessage]:
         resolved = await self._resolved(topic)
@@ -399,6 +488,7 @@ class DeadLetterQueue:
             entry = EventMessage(
                 topic=ledger,
                 value=b"",
+                key=letter_id.encode(),
                 headers={
                     _RESOLVES: letter_id,
                     _RESOLUTION: outcome,

@@ -50,6 +50,10 @@ class DeadLetterSettings(BaseModel):
     when that name would be over 249 characters)."""
     max_stack_trace_chars: int = Field(default=8_000, ge=0)
     """Stack traces in dead-letter headers are cut to this length."""
+    retry_claim_timeout_ms: int = Field(default=60_000, ge=1_000)
+    """A retry of a dead letter first claims it in the ledger; a claim whose
+    retry was not recorded within this time (its process died) may be taken
+    over by another retry."""
 
 
 class PolybusSettings(BaseSettings):

@@ -21,6 +21,8 @@ __all__ = [
     "dead_letter_life_cycle",
     "every_compression_round_trips",
     "publish_retry_rides_out_a_restart",
+    "publish_each",
+    "publish_retry_rides_out_an_outage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,8 +131,66 @@ async def publish_retry_rides_out_a_restart(h: Harness) -> None:
     await h.wait_handled(group, batch, timeout=60)
 
 
+async def publish_retry_rides_out_an_outage(h: Harness) -> None:
+    """``publish_with_retry`` succeeds once a cut-off broker is reachable again.
+
+    The publishes start while the broker is cut off, so the client must
+    notice, retry (or hold the publish) until it is restored, and then send
+    every message; a group on another bus must get each of them.
+    """
+    outage = h.outage
+    if outage is None:
+        import pytest
+
+        pytest.skip("no polybus_outage fixture: cannot cut the broker off")
+
+    bus = await h.bus(factory=outage.factory)
+    topic = await h.topic(bus, 2)
+    publisher = EventPublisher(bus)
+    batch = _batch(topic, 20, "outage")
+    group = Collector("group")
+    consuming = await h.bus(factory=outage.factory)
+    await consuming.subscribe_to_topic(topic, group.handler(), group_id=h.name("g"))
+    assert await publisher.publish_with_retry(topic, batch[0], max_retries=0), (
+        "the first publish, before any outage, failed"
+    )
+    refused_before = outage.turned_away()
+
+    await outage.cut()
+    publishing = asyncio.create_task(publish_each(publisher, topic, batch[1:]))
+    try:
+        await h.wait_until(
+            lambda: outage.turned_away() > refused_before or publishing.done(),
+            lambda: "no client tried to reconnect while cut off",
+        )
+        assert not publishing.done() or publishing.exception() is not None, (
+            "every publish succeeded while the broker was unreachable"
+        )
+    finally:
+        await outage.restore()
+    outcomes = await publishing
+
+    failed = [m.message_id for m, ok in zip(batch[1:], outcomes, strict=True) if not ok]
+    assert not failed, f"publish_with_retry gave up on {failed}"
+    await h.wait_handled(group, batch, timeout=60)
+
+
+async def publish_each(
+    publisher: EventPublisher, topic: str, batch: list[EventMessage]
+) -> list[bool]:
+    """``publish_with_retry`` each message in turn, patiently; the outcomes."""
+    return [
+        await publisher.publish_with_retry(topic, m, max_retries=40, backoff_ms=50)
+        for m in batch
+    ]
+
+
 async def dead_letter_life_cycle(h: Harness) -> None:
-    """Fail, dead-letter, list, analyse, retry once, clear, from another process."""
+    """Fail, dead-letter, list, analyse, retry once, clear, from another process.
+
+    Two processes retry one dead letter at the same moment: exactly one of
+    them replays it.
+    """
     h.require("browse")
     retry = RetrySettings(max_attempts=2, backoff_ms=2, backoff_max_ms=5, jitter_ms=1)
     bus = await h.bus(retry=retry)
@@ -166,11 +226,23 @@ async def dead_letter_life_cycle(h: Harness) -> None:
     assert analysis.by_exception_type == {"ValueError": 3}
 
     replayed = letters[0]
-    assert await dlq.retry_failed_message(replayed.dlq_message_id)
+    elsewhere = DeadLetterQueue(await h.bus())
+    outcomes = await asyncio.gather(
+        dlq.retry_failed_message(replayed.dlq_message_id),
+        elsewhere.retry_failed_message(replayed.dlq_message_id),
+    )
+    assert sorted(outcomes) == [False, True], (
+        f"two processes retrying one dead letter at once: {outcomes}"
+    )
     assert not await dlq.retry_failed_message(replayed.dlq_message_id), (
         "a dead letter was retried twice"
     )
     await h.wait_handled(group, [replayed.original_message])
+    await h.fence(bus, topic, [group])
+    handled = [
+        m for m in group.handled if m.message_id == replayed.original_message.message_id
+    ]
+    assert len(handled) == 1, f"the retried dead letter was handled {len(handled)}x"
 
     assert await dlq.clear_dlq_messages(topic, older_than_hours=0) == 2
     assert await dlq.get_dlq_messages(topic) == []
