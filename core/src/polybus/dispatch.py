@@ -29,9 +29,11 @@ from typing import Literal, Protocol
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     RetryError,
     retry_if_exception_type,
     stop_after_attempt,
+    wait_exponential,
     wait_exponential_jitter,
 )
 
@@ -412,10 +414,10 @@ class Dispatcher:
         The original is acknowledged only after this returns ``True``; while the
         dead-letter write fails the partition waits, so nothing is lost.
         """
-        delay = max(self.retry.backoff_ms, 10) / 1000
         omitted: str | None = None
 
-        while True:
+        async def write() -> None:
+            nonlocal omitted
             try:
                 await self._dead_letters.dead_letter(
                     message,
@@ -426,33 +428,56 @@ class Dispatcher:
                     first_failure_at=first_failure_at,
                     payload_omitted=omitted,
                 )
-                return True
-            except Exception as exc:
-                if isinstance(exc, MessageTooLargeError) and omitted is None:
-                    # No retry can make it smaller: keep the failure and where
-                    # the original lies, without its bytes, rather than block
-                    # the partition for good.
-                    omitted = str(exc)
-                    logger.error(
-                        "Dead letter for message %s of topic %s is too large "
-                        "(%s); storing it without the original's bytes",
-                        message.message_id,
-                        self.topic,
-                        exc,
-                    )
-                    continue
+            except MessageTooLargeError as exc:
+                if omitted is not None:
+                    raise
+                # No retry can make it smaller: keep the failure and where the
+                # original lies, without its bytes, rather than block the
+                # partition for good.
+                omitted = str(exc)
                 logger.error(
-                    "Could not store dead letter for message %s of topic %s, "
-                    "retrying in %.2fs: %r",
+                    "Dead letter for message %s of topic %s is too large (%s); "
+                    "storing it without the original's bytes",
                     message.message_id,
                     self.topic,
-                    delay,
                     exc,
                 )
+                await write()
 
-            if await _stopped_within(stopping, delay):
-                return False
-            delay = min(delay * 2, max(self.retry.backoff_max_ms, 10) / 1000)
+        async def sleep(seconds: float) -> None:
+            if await _stopped_within(stopping, seconds):
+                raise _Abandoned
+
+        def report(state: RetryCallState) -> None:
+            logger.error(
+                "Could not store dead letter for message %s of topic %s, "
+                "retrying in %.2fs: %r",
+                message.message_id,
+                self.topic,
+                state.upcoming_sleep,
+                state.outcome.exception() if state.outcome else None,
+            )
+
+        floor = max(self.retry.backoff_ms, 10) / 1000
+        retrying = AsyncRetrying(
+            wait=wait_exponential(
+                multiplier=floor,
+                min=floor,
+                max=max(self.retry.backoff_max_ms, 10) / 1000,
+            ),
+            retry=retry_if_exception_type(Exception),
+            sleep=sleep,
+            before_sleep=report,
+            reraise=True,
+        )
+
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await write()
+        except _Abandoned:
+            return False
+        return True
 
 
 async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
