@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -10,6 +12,7 @@ import pytest_asyncio
 from polybus import (
     CODEC_HEADER,
     CodecUnavailableError,
+    CompressedPublishResult,
     ConfigurationError,
     EventMessage,
     EventPublisher,
@@ -18,8 +21,9 @@ from polybus import (
     OutboundRecord,
     PolybusSettings,
     ProtocolEventPublisher,
+    UnsupportedOperationError,
 )
-from polybus.types import ContextValue
+from polybus.types import ContextValue, LiteralCompressionType
 from polybus_in_memory import InMemoryBackend, InMemoryEventBus
 from waiting import Eventually
 
@@ -210,3 +214,88 @@ async def test_publish_compressed_round_trips(
 
     await eventually(lambda: len(seen) == 1, "the message")
     assert seen[0].value == b"a" * 900
+
+
+class _CompressesGzip(InMemoryBackend):
+    """An in-memory broker that also takes gzip batches, as Kafka takes them.
+
+    It stores what it is given, like the plain in-memory backend, and reports
+    the size of the batch gzip-compressed as the bytes it took.
+    """
+
+    capabilities = dataclasses.replace(
+        InMemoryBackend.capabilities, native_compression=frozenset({"gzip"})
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.native: list[tuple[str, list[OutboundRecord]]] = []
+
+    async def publish_compressed(
+        self, records: Sequence[OutboundRecord], codec: LiteralCompressionType
+    ) -> CompressedPublishResult:
+        self.native.append((codec, list(records)))
+        outcomes = await self.publish(records)
+        taken = zip(records, outcomes, strict=True)
+        batch = b"".join(r.payload for r, outcome in taken if outcome is None)
+        return CompressedPublishResult(outcomes, len(gzip.compress(batch)))
+
+
+async def test_native_codec_goes_to_the_backend_uncompressed() -> None:
+    backend = _CompressesGzip()
+    async with InMemoryEventBus(backend, _settings()) as bus:
+        publisher = EventPublisher(bus)
+        await bus.create_topic("t")
+        batch = [
+            EventMessage("t", b"order %d " % i * 40, headers={"i": i}) for i in range(5)
+        ]
+
+        result = await publisher.publish_batch("t", list(batch), "gzip")
+        assert await publisher.publish_compressed("t", batch[0], "gzip")
+
+        assert result.success
+        assert [codec for codec, _ in backend.native] == ["gzip", "gzip"]
+        stored = [
+            EventMessage.from_bytes(r.payload)
+            for r in await bus.backend.read_topic("t")
+        ]
+        assert [m.value for m in stored] == [m.value for m in [*batch, batch[0]]]
+        assert all(CODEC_HEADER not in m.headers for m in stored)
+
+        plain = sum(len(m.to_bytes()) for m in [*batch, batch[0]])
+        taken = [
+            len(gzip.compress(b"".join(r.payload for r in records)))
+            for _, records in backend.native
+        ]
+        assert result.bytes_sent == taken[0]
+        metrics = await publisher.get_publisher_metrics()
+        assert (metrics.uncompressed_bytes, metrics.bytes_published) == (
+            plain,
+            sum(taken),
+        )
+        assert metrics.compression_ratio == pytest.approx(plain / sum(taken))
+
+
+async def test_other_codecs_fall_back_to_envelope_compression() -> None:
+    backend = _CompressesGzip()
+    async with InMemoryEventBus(backend, _settings()) as bus:
+        publisher = EventPublisher(bus)
+        await bus.create_topic("t")
+        message = EventMessage("t", b"z" * 900)
+
+        result = await publisher.publish_batch("t", [message], "zstd")
+
+        assert result.success
+        assert backend.native == []
+        (record,) = await bus.backend.read_topic("t")
+        stored = EventMessage.from_bytes(record.payload)
+        assert stored.headers[CODEC_HEADER] == "zstd"
+        assert result.bytes_sent == len(record.payload) < len(message.to_bytes())
+
+
+async def test_a_backend_without_native_codecs_refuses_the_call() -> None:
+    backend = InMemoryBackend()
+    assert backend.capabilities.native_compression == frozenset()
+
+    with pytest.raises(UnsupportedOperationError, match="gzip compression"):
+        await backend.publish_compressed([], "gzip")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from uuid import UUID
 
 from polybus.errors import UnsupportedOperationError
-from polybus.types import ContextValue, TopicInfo
+from polybus.types import ContextValue, LiteralCompressionType, TopicInfo
 
 if TYPE_CHECKING:
     from polybus.bus import EventBus
@@ -29,6 +29,7 @@ __all__ = [
     "Backend",
     "BackendSpec",
     "Capabilities",
+    "CompressedPublishResult",
     "Delivery",
     "DeliverySink",
     "OutboundRecord",
@@ -68,6 +69,12 @@ class Capabilities:
     browse: bool = False
     """``Backend.read_topic`` can list retained messages without consuming
     them; the dead-letter queue handler needs it."""
+    native_compression: frozenset[LiteralCompressionType] = frozenset()
+    """Codecs the broker applies to whole record batches itself. For these
+    :class:`~polybus.publisher.EventPublisher` hands the uncompressed records to
+    ``Backend.publish_compressed`` instead of compressing each value and naming
+    the codec in a header; any other codec, and every codec of a backend that
+    declares none, keeps that envelope compression."""
     limitations: Mapping[str, str] = field(default_factory=dict)
     """Contract clause to the reason this backend does not meet it."""
 
@@ -86,6 +93,16 @@ class OutboundRecord:
     """The serialized envelope."""
     message_id: UUID
     """Id of the message, for error reports."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompressedPublishResult:
+    """What ``Backend.publish_compressed`` sent."""
+
+    outcomes: list[BaseException | None]
+    """For each record in order, as ``Backend.publish`` returns them."""
+    bytes_sent: int
+    """Size of the compressed batches the broker acknowledged, as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +228,27 @@ class Backend(abc.ABC):
         Returns, for each record in order, ``None`` once the broker has taken it
         or the exception that stopped it. It raises only when nothing was sent.
         """
+
+    async def publish_compressed(
+        self, records: Sequence[OutboundRecord], codec: LiteralCompressionType
+    ) -> CompressedPublishResult:
+        """Send records in batches the broker compresses with ``codec``.
+
+        The payloads are uncompressed envelopes and reach consumers unchanged:
+        the broker's clients compress and decompress whole batches. Only codecs
+        in ``Capabilities.native_compression`` are asked for; outcomes are as
+        for :meth:`publish`, and it raises only when nothing was sent.
+
+        :raises CodecUnavailableError: if the codec's package is missing; then
+            nothing is sent.
+        :raises UnsupportedOperationError: if the backend does not compress
+            with ``codec`` itself.
+        """
+        raise UnsupportedOperationError(
+            self.name,
+            f"{codec} compression by the broker",
+            "the publisher compresses values itself for this backend",
+        )
 
     async def read_topic(
         self, topic: str, *, limit: int | None = None

@@ -5,6 +5,15 @@
 ``Backend.publish`` call, so each backend batches the way its broker does best
 (Kafka record batches, Redis pipelines, RabbitMQ confirms in flight), and the
 result counts only what the broker confirmed.
+
+Compression takes one of two paths. A codec the backend declares in
+``Capabilities.native_compression`` (Kafka, Redpanda) is the broker's own: the
+uncompressed records go to ``Backend.publish_compressed``, which has the
+broker's client compress whole record batches, and no codec header is set.
+Any other codec compresses each value here and names itself in the
+``polybus.codec`` header (see :mod:`polybus.codecs`). Either way the metrics
+compare the envelopes' size with the bytes the broker took: the compressed
+values, or the compressed record batches.
 """
 
 from __future__ import annotations
@@ -23,7 +32,12 @@ from tenacity import (
 from polybus.backend import OutboundRecord
 from polybus.bus import EventBus
 from polybus.codecs import Codec, compress_message, get_codec
-from polybus.errors import BackendUnavailableError, ConfigurationError, PolybusError
+from polybus.errors import (
+    BackendUnavailableError,
+    CodecUnavailableError,
+    ConfigurationError,
+    PolybusError,
+)
 from polybus.message import EventMessage, as_event_message
 from polybus.metrics import LatencyWindow
 from polybus.protocols import ProtocolEventMessage
@@ -77,7 +91,10 @@ class EventPublisher:
         """Publish ``messages`` in one backend call and count what was taken.
 
         A message that cannot be sent (too large, not a valid message) is a
-        failure of its own; the rest still go.
+        failure of its own; the rest still go. A codec the broker applies itself
+        (``Capabilities.native_compression``) compresses the record batches,
+        and the messages carry no codec header; any other compresses each
+        value.
 
         :raises InvalidTopicNameError: if the topic name is not valid.
         :raises CodecUnavailableError: if the codec's package is missing; then
@@ -86,6 +103,7 @@ class EventPublisher:
         validate_topic_name(topic)
         chosen = compression or self.default_compression
         codec = get_codec(chosen)
+        native = self._native(codec)
         started = time.perf_counter()
 
         records: list[OutboundRecord] = []
@@ -93,18 +111,18 @@ class EventPublisher:
         failures: list[PublishFailure] = []
         for message in messages:
             try:
-                record, plain = await self._prepare(topic, message, codec)
+                record, plain = await self._prepare(
+                    topic, message, None if native else codec
+                )
             except PolybusError as exc:
                 failures.append(_failure(message, exc))
                 continue
             records.append(record)
             sizes.append(plain)
 
-        outcomes = await self._send(records)
-        sent = 0
+        outcomes, sent = await self._send(records, native)
         for record, plain, outcome in zip(records, sizes, outcomes, strict=True):
             if outcome is None:
-                sent += len(record.payload)
                 self._uncompressed += plain
                 self.bus.note_published(topic, len(record.payload))
             else:
@@ -193,7 +211,10 @@ class EventPublisher:
         message: ProtocolEventMessage,
         compression_type: LiteralCompressionType,
     ) -> bool:
-        """Publish one message with its value compressed by ``compression_type``.
+        """Publish one message compressed by ``compression_type``.
+
+        As in :meth:`publish_batch`, the broker compresses the record batch if
+        it declares the codec native; otherwise the value is compressed here.
 
         :raises CodecUnavailableError: if the codec's package is missing.
         """
@@ -221,18 +242,28 @@ class EventPublisher:
         self, topic: str, message: EventMessage, codec: Codec | None
     ) -> None:
         validate_topic_name(topic)
+        native = self._native(codec)
         started = time.perf_counter()
-        record, plain = await self._prepare(topic, message, codec)
+        record, plain = await self._prepare(topic, message, None if native else codec)
 
-        (outcome,) = await self._send([record])
+        (outcome,), sent = await self._send([record], native)
         if outcome is not None:
             raise outcome
 
         self.bus.note_published(topic, len(record.payload))
         self._published += 1
-        self._bytes += len(record.payload)
+        self._bytes += sent
         self._uncompressed += plain
         self._latency.add((time.perf_counter() - started) * 1000)
+
+    def _native(self, codec: Codec | None) -> LiteralCompressionType | None:
+        """``codec``'s name if the backend's broker compresses with it itself."""
+        if codec is None:
+            return None
+        for name in self.bus.backend.capabilities.native_compression:
+            if name == codec.name:
+                return name
+        return None
 
     async def _prepare(
         self, topic: str, message: ProtocolEventMessage, codec: Codec | None
@@ -247,16 +278,36 @@ class EventPublisher:
         return record, plain
 
     async def _send(
-        self, records: Sequence[OutboundRecord]
-    ) -> list[BaseException | None]:
-        if not records:
-            return []
+        self, records: Sequence[OutboundRecord], native: LiteralCompressionType | None
+    ) -> tuple[list[BaseException | None], int]:
+        """Send records; the outcome of each, and the bytes the broker took.
 
+        :param native: the codec the broker compresses the batch with, if any.
+        :raises CodecUnavailableError: if the backend lacks ``native``'s
+            package; then nothing was sent.
+        """
+        if not records:
+            return [], 0
+
+        backend = self.bus.backend
         try:
-            return await self.bus.backend.publish(records)
+            if native is not None:
+                result = await backend.publish_compressed(records, native)
+                return result.outcomes, result.bytes_sent
+
+            outcomes = await backend.publish(records)
+        except CodecUnavailableError:
+            raise
         except Exception as exc:
             logger.warning("Batch of %d records was not sent: %r", len(records), exc)
-            return [exc] * len(records)
+            return [exc] * len(records), 0
+
+        sent = sum(
+            len(record.payload)
+            for record, outcome in zip(records, outcomes, strict=True)
+            if outcome is None
+        )
+        return outcomes, sent
 
 
 def _failure(message: ProtocolEventMessage, error: BaseException) -> PublishFailure:

@@ -384,7 +384,9 @@ class BatchPublishResult:
     failures: tuple[PublishFailure, ...]
     """One entry per failed message."""
     bytes_sent: int
-    """Bytes of the confirmed messages as sent (after compression)."""
+    """Bytes of the confirmed messages as sent (after compression): their
+    envelopes, or, where the broker compresses natively, the compressed record
+    batches that carried them (record framing included)."""
     compression: LiteralCompressionType
     """Compression applied."""
     duration_ms: float
@@ -403,9 +405,11 @@ class PublisherMetrics:
     messages_published: int
     """Messages confirmed."""
     bytes_published: int
-    """Bytes sent, after compression."""
+    """Bytes sent, after compression: envelopes with compressed values, or,
+    where the broker compresses natively, the compressed record batches as the
+    broker took them (record framing included)."""
     uncompressed_bytes: int
-    """Bytes of the same messages before compression."""
+    """Bytes of the same messages' envelopes before compression."""
     batches_published: int
     """Calls of publish_batch."""
     failures: int

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, Final
 
+from aiokafka.codec import has_lz4, has_snappy, has_zstd
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -37,8 +39,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Codec name to the module aiokafka needs for it; gzip uses the standard library.
+#: Codec name to the module aiokafka needs for it (``aiokafka.codec`` imports
+#: ``cramjam`` for all three); gzip is the standard library's.
 _CODEC_MODULES: Final = {"snappy": "cramjam", "lz4": "cramjam", "zstd": "cramjam"}
+
+#: Codec name to aiokafka's own test that it can compress with it.
+_AIOKAFKA_HAS: Final[dict[str, Callable[[], bool]]] = {
+    "snappy": has_snappy,
+    "lz4": has_lz4,
+    "zstd": has_zstd,
+}
 
 
 class KafkaBackendError(PolybusError):
@@ -55,12 +65,15 @@ class KafkaBackendError(PolybusError):
 
 
 def check_codec(codec: str) -> None:
-    """Make sure the package behind a compression codec can be imported.
+    """Make sure aiokafka can compress with ``codec``: its package is installed
+    and aiokafka found it.
 
     :raises CodecUnavailableError: naming the package to install.
     """
     module = _CODEC_MODULES.get(codec)
-    if module is not None and not module_available(module):
+    if module is None:
+        return
+    if not module_available(module) or not _AIOKAFKA_HAS[codec]():
         raise CodecUnavailableError(codec, module)
 
 

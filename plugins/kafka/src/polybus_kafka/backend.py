@@ -2,8 +2,11 @@
 
 The backend holds three clients per bus: a metadata client (topic lookups that
 never create a topic by accident), an admin client (create and delete topics,
-groups, configs) and one shared producer. Each subscription gets a consumer of
-its own (see :mod:`polybus_kafka.stream`).
+groups, configs) and one shared producer. aiokafka compresses per producer, so
+a publish that asks for another record compression than the ``compression``
+setting (``EventPublisher.publish_batch(..., compression)``) goes through a
+producer of that codec, started on first use and closed with the rest. Each
+subscription gets a consumer of its own (see :mod:`polybus_kafka.stream`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -33,10 +36,12 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from polybus.backend import (
     Backend,
     Capabilities,
+    CompressedPublishResult,
     DeliverySink,
     OutboundRecord,
     StartPosition,
@@ -46,6 +51,7 @@ from polybus.backend import (
 from polybus.errors import (
     BackendUnavailableError,
     ConfigurationError,
+    MessageTooLargeError,
     PolybusError,
     TopicNotFoundError,
     UnsupportedOperationError,
@@ -56,6 +62,7 @@ from polybus.types import (
     ConsumerGroupMember,
     ContextValue,
     KafkaMetadata,
+    LiteralCompressionType,
     PartitionOffsets,
     TopicInfo,
 )
@@ -99,6 +106,7 @@ CAPABILITIES = Capabilities(
     topic_message_count=True,
     max_message_bytes=1_048_576,
     browse=True,
+    native_compression=frozenset({"gzip", "snappy", "lz4", "zstd"}),
     limitations={
         "topic creation time": "Kafka's metadata carries no creation time, so "
         "TopicInfo.created_at is None",
@@ -161,6 +169,8 @@ class KafkaBackend(Backend):
         self._client: AIOKafkaClient | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._codec_producers: dict[str, AIOKafkaProducer] = {}
+        self._codec_producers_lock = asyncio.Lock()
         self._partition_counts: dict[str, tuple[int, float]] = {}
         self._streams: set[KafkaStream] = set()
 
@@ -175,6 +185,7 @@ class KafkaBackend(Backend):
         """
         settings = self.settings
         check_codec(settings.compression)
+        self._codec_producers_lock = asyncio.Lock()  # of this event loop
         logger.debug(
             "Connecting to Kafka at %s as %s",
             ",".join(settings.bootstrap_servers),
@@ -196,16 +207,21 @@ class KafkaBackend(Backend):
 
         logger.debug("Connected to Kafka (idempotent producer: %s)", self.idempotent)
 
-    async def _start_producer(self) -> AIOKafkaProducer:
+    def _producer_options(self, codec: str, role: str) -> dict[str, Any]:
         settings = self.settings
-        options = client_options(settings, "producer")
+        options = client_options(settings, role)
         options.update(
             acks="all",
-            compression_type=compression_type(settings.compression),
+            compression_type=compression_type(codec),
             linger_ms=settings.linger_ms,
             max_batch_size=settings.max_batch_size,
             max_request_size=settings.max_request_size,
         )
+        return options
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        settings = self.settings
+        options = self._producer_options(settings.compression, "producer")
 
         if settings.enable_idempotence is not False:
             producer = AIOKafkaProducer(enable_idempotence=True, **options)
@@ -249,15 +265,17 @@ class KafkaBackend(Backend):
         logger.debug("Disconnected from Kafka")
 
     async def _close_clients(self) -> None:
-        producer, self._producer = self._producer, None
+        producers = list(self._codec_producers.values())
+        if self._producer is not None:
+            producers.insert(0, self._producer)
+        self._producer = None
+        self._codec_producers = {}
         admin, self._admin = self._admin, None
         client, self._client = self._client, None
 
         try:
-            if producer is not None:
-                await producer.stop()
-        except (KafkaError, OSError) as exc:
-            logger.warning("Producer stopped uncleanly, unsent messages lost: %r", exc)
+            for producer in producers:
+                await _stop_producer(producer)
         finally:
             if admin is not None:
                 await admin.close()
@@ -532,15 +550,8 @@ class KafkaBackend(Backend):
 
         counts = await self._partition_counts_of({r.topic for r in records})
         for index, record in enumerate(records):
-            count = counts[record.topic]
-            if isinstance(count, BaseException):
-                outcomes[index] = count
-                continue
-            if not 0 <= record.partition < count:
-                self._partition_counts.pop(record.topic, None)
-                outcomes[index] = TopicNotFoundError(
-                    f"{record.topic}[{record.partition}]"
-                )
+            outcomes[index] = self._unsendable(record, counts)
+            if outcomes[index] is not None:
                 continue
 
             try:
@@ -562,10 +573,167 @@ class KafkaBackend(Backend):
             if isinstance(result, BaseException):
                 outcomes[index] = self._publish_error(result, records[index])
                 continue
-            self.stats.messages += 1
-            self.stats.bytes += len(records[index].payload)
-            self.stats.latency_ms_total += elapsed_ms
+            self._count_sent(records[index], elapsed_ms)
         return outcomes
+
+    async def publish_compressed(
+        self, records: Sequence[OutboundRecord], codec: LiteralCompressionType
+    ) -> CompressedPublishResult:
+        """Send records in record batches that aiokafka compresses with ``codec``.
+
+        The producer of ``codec`` (the shared one if it is the ``compression``
+        setting) gets each partition's records, in order, in batches of up to
+        ``max_batch_size`` built here (``create_batch`` and ``send_batch``), so
+        the bytes the broker took are known exactly: the size of every
+        acknowledged compressed batch. A batch is taken or refused whole.
+        Consumers, aiokafka's included, decompress the batches themselves.
+
+        :raises CodecUnavailableError: if aiokafka lacks the codec's package;
+            then nothing is sent.
+        :raises UnsupportedOperationError: for a codec not in
+            ``native_compression``.
+        :raises BackendUnavailableError: if the codec's producer cannot start.
+        """
+        if codec not in self.capabilities.native_compression:
+            raise UnsupportedOperationError(
+                self.name,
+                f"{codec} compression by the broker",
+                "the brokers are not declared to take it (native_compression)",
+            )
+        check_codec(codec)
+        producer = await self._codec_producer(codec)
+
+        started = time.perf_counter()
+        outcomes: list[BaseException | None] = [None] * len(records)
+        by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
+        counts = await self._partition_counts_of({r.topic for r in records})
+        for index, record in enumerate(records):
+            outcomes[index] = self._unsendable(record, counts)
+            if outcomes[index] is None:
+                by_partition[record.topic, record.partition].append(index)
+
+        sent: list[tuple[list[int], Any, asyncio.Future[Any]]] = []
+        for (topic, partition), indices in by_partition.items():
+            for members, batch in self._fill_batches(
+                producer, records, indices, outcomes
+            ):
+                try:
+                    future = await producer.send_batch(
+                        batch, topic, partition=partition
+                    )
+                except (KafkaError, OSError) as exc:
+                    for index in members:
+                        outcomes[index] = self._publish_error(exc, records[index])
+                    continue
+                sent.append((members, batch, future))
+
+        results = await asyncio.gather(*(f for *_, f in sent), return_exceptions=True)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+
+        taken = 0
+        for (members, batch, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                for index in members:
+                    outcomes[index] = self._publish_error(result, records[index])
+                continue
+            taken += batch.size()  # the compressed batch, once built for sending
+            for index in members:
+                self._count_sent(records[index], elapsed_ms)
+        return CompressedPublishResult(outcomes, taken)
+
+    def _fill_batches(
+        self,
+        producer: AIOKafkaProducer,
+        records: Sequence[OutboundRecord],
+        indices: Sequence[int],
+        outcomes: list[BaseException | None],
+    ) -> Iterator[tuple[list[int], Any]]:
+        """Batches of one partition's records, each with the indices it holds.
+
+        A record over ``max_request_size`` gets its error in ``outcomes``
+        instead, as aiokafka's ``send`` would raise it.
+        """
+        limit = self.settings.max_request_size
+        batch = producer.create_batch()
+        members: list[int] = []
+        for index in indices:
+            record = records[index]
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                record.key, record.payload, []
+            )
+            if size > limit:
+                outcomes[index] = MessageTooLargeError(record.topic, size, limit)
+                continue
+
+            if _append(batch, record):
+                members.append(index)
+                continue
+
+            # Full (and closed): send it; a new batch always takes a first record.
+            if members:
+                yield members, batch
+            batch = producer.create_batch()
+            members = []
+            if _append(batch, record):
+                members.append(index)
+            else:
+                outcomes[index] = MessageTooLargeError(record.topic, size, limit)
+
+        if members:
+            batch.close()
+            yield members, batch
+
+    async def _codec_producer(self, codec: str) -> AIOKafkaProducer:
+        """The producer that compresses with ``codec``, started on first use."""
+        shared = self._producer
+        if shared is None:
+            raise BackendUnavailableError(
+                "the Kafka backend is not connected; start the event bus first"
+            )
+        if codec == self.settings.compression:
+            return shared
+
+        async with self._codec_producers_lock:
+            producer = self._codec_producers.get(codec)
+            if producer is not None:
+                return producer
+
+            # The shared producer's settings and idempotence; its own client id.
+            producer = AIOKafkaProducer(
+                enable_idempotence=self.idempotent,
+                **self._producer_options(codec, f"producer-{codec}"),
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                raise translate_error(exc, f"start the {codec} producer") from exc
+
+            if self._producer is not shared:  # closed while it started
+                await _stop_producer(producer)
+                raise BackendUnavailableError(
+                    "the Kafka backend was closed while a producer started"
+                )
+            self._codec_producers[codec] = producer
+            logger.debug("Started a producer compressing with %s", codec)
+            return producer
+
+    def _unsendable(
+        self, record: OutboundRecord, counts: Mapping[str, int | BaseException]
+    ) -> BaseException | None:
+        """Why ``record`` cannot go to its partition, or ``None`` if it can."""
+        count = counts[record.topic]
+        if isinstance(count, BaseException):
+            return count
+        if not 0 <= record.partition < count:
+            self._partition_counts.pop(record.topic, None)
+            return TopicNotFoundError(f"{record.topic}[{record.partition}]")
+        return None
+
+    def _count_sent(self, record: OutboundRecord, elapsed_ms: float) -> None:
+        self.stats.messages += 1
+        self.stats.bytes += len(record.payload)
+        self.stats.latency_ms_total += elapsed_ms
 
     async def _partition_counts_of(
         self, topics: set[str]
@@ -889,6 +1057,20 @@ class _TrackedStream(KafkaStream):
     async def close(self) -> None:
         await super().close()
         self._backend._streams.discard(self)
+
+
+def _append(batch: Any, record: OutboundRecord) -> bool:
+    """Add ``record`` to an aiokafka ``BatchBuilder``; ``False`` if it is full."""
+    metadata = batch.append(key=record.key, value=record.payload, timestamp=None)
+    return metadata is not None
+
+
+async def _stop_producer(producer: AIOKafkaProducer) -> None:
+    """Flush and stop a producer; a broker that is gone costs what was unsent."""
+    try:
+        await producer.stop()
+    except (KafkaError, OSError) as exc:
+        logger.warning("Producer stopped uncleanly, unsent messages lost: %r", exc)
 
 
 def _raise_for_resources(results: Sequence[Mapping[str, Any]], operation: str) -> None:

@@ -8,8 +8,16 @@ Features:
   ``max_batch_size``) and per-message outcomes. Idempotent where the brokers
   allow it (``enable_idempotence``: auto by default, with a warning when the
   brokers refuse).
-- Compression ``none``, ``gzip``, ``snappy``, ``lz4`` or ``zstd``; the last three
-  need ``cramjam`` (``pip install 'polybus-kafka[zstd]'``).
+- Compression ``none``, ``gzip``, ``snappy``, ``lz4`` or ``zstd``, always
+  Kafka's own record-batch compression: the ``compression`` setting for the
+  shared producer, and a codec per call of ``EventPublisher.publish_batch`` or
+  ``publish_compressed`` through a producer of that codec (started on first
+  use, closed with the bus). All four codecs are declared in
+  ``CAPABILITIES.native_compression``, so the publisher neither compresses
+  values nor sets a codec header here, and its byte counts are the compressed
+  record batches the broker took. The last three codecs need ``cramjam``
+  (``pip install 'polybus-kafka[zstd]'``); a missing one raises
+  ``CodecUnavailableError`` before anything is sent.
 - Durable consumer groups with manual commits: an offset is committed only
   once every earlier message of its partition is settled; clean revocation on
   rebalance. Broadcast subscriptions read every partition from its end.

@@ -69,8 +69,9 @@ class KafkaSettings(BackendSettings):
     max_request_size: int = Field(default=1_048_576, ge=1024)
     """Largest produce request; also bounds a single message."""
     compression: LiteralCompressionType = "none"
-    """``none``, ``gzip``, ``snappy``, ``lz4`` or ``zstd``; the last three need
-    ``cramjam``."""
+    """Record compression of the shared producer: ``none``, ``gzip``,
+    ``snappy``, ``lz4`` or ``zstd``; the last three need ``cramjam``. A codec
+    given per call to ``EventPublisher`` goes through a producer of its own."""
     session_timeout_ms: int = Field(default=10_000, ge=100)
     """A group member is dropped after this long without a heartbeat. A first
     join takes about half of it."""

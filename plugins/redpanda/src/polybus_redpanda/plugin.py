@@ -4,8 +4,9 @@ Features:
 
 - Everything the Kafka backend does (it is the same code): Kafka topics and
   partitions, an ``acks=all`` producer, idempotent where the brokers allow it,
-  compression, durable consumer groups with commits of settled offsets only,
-  broadcast subscriptions. Its gaps are the Kafka backend's.
+  record-batch compression by the broker's protocol (also for a per-call codec
+  of ``EventPublisher``), durable consumer groups with commits of settled
+  offsets only, broadcast subscriptions. Its gaps are the Kafka backend's.
 - ``ProtocolRedpandaAdapter`` on :class:`RedpandaEventBus`: topics, metrics
   from the metadata and this client's produce counters, and topic
   configuration through IncrementalAlterConfigs (or AlterConfigs).
