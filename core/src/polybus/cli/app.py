@@ -13,26 +13,46 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from polybus.bus import EventBus
+from polybus.bus import MAX_PARTITIONS, EventBus
 from polybus.cli.bench import run_bench
-from polybus.cli.corpus import read_corpus, sample_corpus_path
+from polybus.cli.corpus import CorpusEvent, read_corpus, sample_corpus_path
+from polybus.cli.jsonlines import decode_header, dumps, encode_header
+from polybus.cli.options import (
+    MAX_HOURS,
+    backend_name,
+    group_name,
+    int_range,
+    optional_seconds,
+    seconds,
+    topic_name,
+    topic_prefix,
+)
 from polybus.cli.replay import GROUPS, ReplayReport, run_replay
 from polybus.dlq import DeadLetterQueue
-from polybus.errors import PolybusError, SerializationError
+from polybus.errors import (
+    ConfigurationError,
+    InvalidMessageError,
+    InvalidTopicNameError,
+    PolybusError,
+    SerializationError,
+)
 from polybus.factory import create_event_bus, read_settings
 from polybus.message import EventMessage
 from polybus.registry import default_registry
 from polybus.settings import PolybusSettings
 from polybus.types import ContextValue, DLQMessage
+from polybus.validation import validate_topic_name
 
 __all__ = ["app", "main"]
 
@@ -63,19 +83,45 @@ BackendOption = Annotated[
         "-b",
         help="Backend name; overrides POLYBUS_BACKEND.",
         show_default=False,
+        callback=backend_name,
+    ),
+]
+
+TopicArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Topic: 1 to 249 characters of [A-Za-z0-9._-].",
+        show_default=False,
+        callback=topic_name,
     ),
 ]
 
 
 def _settings(backend: str | None, **overrides: Any) -> PolybusSettings:
+    """The core settings with the command's overrides, for an installed backend.
+
+    The backend is looked up here, so an unknown name fails before a command
+    prints or reads anything.
+    """
     with _reported_errors():
         settings = read_settings(PolybusSettings)
-    update = {k: v for k, v in overrides.items() if v is not None}
-    if backend:
-        update["backend"] = backend
-    if not update:
-        return settings
-    return PolybusSettings.model_validate({**settings.model_dump(), **update})
+        update = {k: v for k, v in overrides.items() if v is not None}
+        if backend is not None:
+            update["backend"] = backend
+        if update:
+            settings = _updated(settings, update)
+        default_registry(strict=settings.strict_plugins).get(settings.backend)
+    return settings
+
+
+def _updated(settings: PolybusSettings, update: dict[str, Any]) -> PolybusSettings:
+    try:
+        return PolybusSettings.model_validate({**settings.model_dump(), **update})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
 
 
 @contextlib.contextmanager
@@ -93,9 +139,8 @@ def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(factory())
 
 
-def _on_bus(backend: str | None, work: Callable[[EventBus], Awaitable[T]]) -> T:
+def _on_bus(settings: PolybusSettings, work: Callable[[EventBus], Awaitable[T]]) -> T:
     """Run ``work`` on a started bus of the chosen backend, reporting errors."""
-    settings = _settings(backend)
 
     async def run() -> T:
         async with create_event_bus(settings) as bus:
@@ -151,7 +196,7 @@ def plugins() -> None:
 
 def _header_value(raw: str) -> ContextValue:
     try:
-        value: ContextValue = json.loads(raw)
+        value: ContextValue = decode_header(json.loads(raw))
     except json.JSONDecodeError:
         return raw
     return value
@@ -162,44 +207,66 @@ def _parse_headers(pairs: list[str]) -> dict[str, ContextValue]:
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
-            raise typer.BadParameter(f"header {pair!r} is not NAME=VALUE")
-        headers[name] = _header_value(raw)
+            raise typer.BadParameter(
+                f"header {pair!r} is not NAME=VALUE", param_hint="'--header'"
+            )
+        try:
+            headers[name] = _header_value(raw)
+            # The message checks every header value the envelope can carry.
+            EventMessage(topic="-", value=b"", headers={name: headers[name]})
+        except SerializationError as exc:
+            raise typer.BadParameter(
+                f"header {pair!r}: {exc}", param_hint="'--header'"
+            ) from exc
     return headers
 
 
-def _ndjson_messages(topic: str, lines: Iterator[str]) -> Iterator[EventMessage]:
+def _ndjson_messages(topic: str, lines: Iterable[str]) -> Iterator[EventMessage]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SerializationError(f"line {number}: not JSON: {exc}") from exc
-        if not isinstance(record, dict) or "value" not in record:
-            raise SerializationError(f"line {number}: expected an object with 'value'")
+            yield _ndjson_message(topic, line)
+        except SerializationError as exc:
+            raise SerializationError(f"line {number}: {exc}") from exc
 
-        value = record["value"]
-        body = value if isinstance(value, str) else json.dumps(value)
-        yield EventMessage(
-            topic=topic,
-            value=body.encode(),
-            key=_optional_bytes(record.get("key")),
-            headers=record.get("headers") or {},
-            correlation_id=record.get("correlation_id"),
-        )
+
+def _ndjson_message(topic: str, line: str) -> EventMessage:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SerializationError(f"not JSON: {exc}") from exc
+    if not isinstance(record, dict) or "value" not in record:
+        raise SerializationError("expected an object with 'value'")
+
+    value = record["value"]
+    try:
+        body = value if isinstance(value, str) else dumps(value)
+    except ValueError:
+        raise SerializationError(
+            "'value' holds NaN or Infinity, which JSON cannot carry; send the "
+            "value as a string"
+        ) from None
+    return EventMessage(
+        topic=topic,
+        value=body.encode(),
+        key=_optional_bytes(record.get("key")),
+        headers=decode_header(record.get("headers") or {}),
+        correlation_id=record.get("correlation_id"),
+    )
 
 
 def _optional_bytes(value: object) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise SerializationError(f"a key is a string, got {value!r}")
+        raise InvalidMessageError("key", value, "a string or null")
     return value.encode()
 
 
 @app.command()
 def publish(
-    topic: str,
+    topic: TopicArgument,
     values: Annotated[
         list[str] | None, typer.Argument(help="Values to publish, one message each.")
     ] = None,
@@ -219,89 +286,138 @@ def publish(
     backend: BackendOption = None,
 ) -> None:
     """Publish messages: from arguments, a file, or stdin, one per line."""
+    if values and file is not None:
+        raise typer.BadParameter(
+            "give values as arguments or --file, not both", param_hint="'--file'"
+        )
+    if ndjson and (key is not None or header):
+        raise typer.BadParameter(
+            "--ndjson lines carry their own key and headers; leave out --key and "
+            "--header",
+            param_hint="'--ndjson'",
+        )
+    if not values and file is None and sys.stdin.isatty():
+        raise typer.BadParameter(
+            "nothing to publish: give values as arguments, --file FILE, or pipe "
+            "them on standard input",
+            param_hint="'[VALUES]...'",
+        )
     headers = _parse_headers(header or [])
 
-    if values:
-        lines: Iterator[str] = iter(values)
-    elif file is not None and str(file) != "-":
-        try:
-            lines = iter(file.read_text(encoding="utf-8").splitlines())
-        except OSError as exc:
-            raise typer.BadParameter(f"cannot read {file}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise typer.BadParameter(f"{file} is not UTF-8 text: {exc}") from exc
-    else:
-        try:
-            lines = iter(sys.stdin.read().splitlines())
-        except UnicodeError as exc:
-            raise typer.BadParameter(
-                f"standard input is not UTF-8 text: {exc}"
-            ) from exc
+    settings = _settings(backend)
+    lines = _input_lines(values, file)
 
-    if ndjson:
-        with _reported_errors():
+    with _reported_errors():
+        if ndjson:
             messages = list(_ndjson_messages(topic, lines))
-    else:
-        messages = [
-            EventMessage(
-                topic=topic,
-                value=line.encode(),
-                key=key.encode() if key is not None else None,
-                headers=headers,
-            )
-            for line in lines
-        ]
+        else:
+            messages = [
+                EventMessage(
+                    topic=topic,
+                    value=line.encode(),
+                    key=key.encode() if key is not None else None,
+                    headers=headers,
+                )
+                for line in lines
+            ]
 
     async def send(bus: EventBus) -> int:
         for message in messages:
             await bus.publish_event(topic, message)
         return len(messages)
 
-    count = _on_bus(backend, send)
+    count = _on_bus(settings, send)
     err.print(f"published {count} message(s) to {topic}", highlight=False)
+
+
+def _input_lines(values: list[str] | None, file: Path | None) -> list[str]:
+    if values:
+        return values
+    if file is not None and str(file) != "-":
+        try:
+            return file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot read {file}: {exc.strerror}", param_hint="'--file'"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise typer.BadParameter(
+                f"{file} is not UTF-8 text: {exc}", param_hint="'--file'"
+            ) from exc
+    try:
+        return sys.stdin.read().splitlines()
+    except UnicodeError as exc:
+        raise typer.BadParameter(
+            f"standard input is not UTF-8 text: {exc}", param_hint="'--file'"
+        ) from exc
 
 
 # -- consume ---------------------------------------------------------------------
 
 
 def _as_json(message: EventMessage) -> dict[str, Any]:
+    """A message as a JSON object; see the module :mod:`polybus.cli.jsonlines`.
+
+    A key or value that is not UTF-8 text is written as ``key_base64`` or
+    ``value_base64`` instead, and a NaN or infinite header float as
+    ``{"$numberDouble": ...}``.
+    """
     record: dict[str, Any] = {
         "topic": message.topic,
         "partition": message.partition,
         "offset": message.offset,
-        "key": message.key.decode("utf-8", "replace") if message.key else None,
-        "headers": message.headers,
+        "key": None,
+        "headers": encode_header(message.headers),
         "message_id": str(message.message_id),
         "correlation_id": str(message.correlation_id or "") or None,
         "causation_id": str(message.causation_id or "") or None,
         "timestamp": message.timestamp.isoformat(),
     }
-    try:
-        record["value"] = message.value.decode("utf-8")
-    except UnicodeDecodeError:
-        record["value_base64"] = base64.b64encode(message.value).decode()
+    if message.key is not None:
+        _put_text(record, "key", message.key)
+    _put_text(record, "value", message.value)
     return record
+
+
+def _put_text(record: dict[str, Any], name: str, data: bytes) -> None:
+    try:
+        record[name] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        record.pop(name, None)
+        record[f"{name}_base64"] = base64.b64encode(data).decode()
 
 
 @app.command()
 def consume(
-    topic: str,
+    topic: TopicArgument,
     group: Annotated[
-        str | None, typer.Option("--group", "-g", help="Consumer group.")
+        str | None,
+        typer.Option("--group", "-g", help="Consumer group.", callback=group_name),
     ] = None,
     from_beginning: Annotated[
         bool, typer.Option(help="A new group starts at the oldest message.")
     ] = False,
     max_messages: Annotated[
-        int | None, typer.Option("--max", "-n", help="Stop after N messages.")
+        int | None,
+        typer.Option(
+            "--max",
+            "-n",
+            help="Stop after N messages (1 or more).",
+            callback=int_range(1),
+        ),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds.")
+        float | None,
+        typer.Option(
+            help="Stop after this many seconds (finite, above 0).",
+            callback=optional_seconds,
+        ),
     ] = None,
     backend: BackendOption = None,
 ) -> None:
     """Print messages of a topic as JSON lines."""
     start = "earliest" if from_beginning else None
+    settings = _settings(backend, start_position=start)
 
     async def receive() -> int:
         done = asyncio.Event()
@@ -314,12 +430,11 @@ def consume(
             if done.is_set():
                 await message.nack(requeue=True)
                 return
-            print(json.dumps(_as_json(message)), flush=True)
+            print(dumps(_as_json(message)), flush=True)
             count += 1
             if max_messages is not None and count >= max_messages:
                 done.set()
 
-        settings = _settings(backend, start_position=start)
         async with create_event_bus(settings) as bus:
             await bus.subscribe_to_topic(topic, handler, group_id=group)
             with contextlib.suppress(TimeoutError):
@@ -337,35 +452,45 @@ def consume(
 def topics_list(backend: BackendOption = None) -> None:
     """Names of every topic."""
 
-    for name in _on_bus(backend, lambda bus: bus.list_topics()):
+    for name in _on_bus(_settings(backend), lambda bus: bus.list_topics()):
         out.print(name, highlight=False)
 
 
 @topics_app.command("create")
 def topics_create(
-    topic: str,
-    partitions: Annotated[int, typer.Option("--partitions", "-p", min=1)] = 1,
+    topic: TopicArgument,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            "--partitions",
+            "-p",
+            help=f"Partitions (1 to {MAX_PARTITIONS}).",
+            callback=int_range(1, MAX_PARTITIONS),
+        ),
+    ] = 1,
     backend: BackendOption = None,
 ) -> None:
     """Create a topic."""
 
-    created = _on_bus(backend, lambda bus: bus.create_topic(topic, partitions))
+    created = _on_bus(
+        _settings(backend), lambda bus: bus.create_topic(topic, partitions)
+    )
     out.print(f"{topic}: {'created' if created else 'already exists'}")
 
 
 @topics_app.command("delete")
-def topics_delete(topic: str, backend: BackendOption = None) -> None:
+def topics_delete(topic: TopicArgument, backend: BackendOption = None) -> None:
     """Delete a topic with its messages and groups."""
 
-    deleted = _on_bus(backend, lambda bus: bus.delete_topic(topic))
+    deleted = _on_bus(_settings(backend), lambda bus: bus.delete_topic(topic))
     out.print(f"{topic}: {'deleted' if deleted else 'did not exist'}")
 
 
 @topics_app.command("info")
-def topics_info(topic: str, backend: BackendOption = None) -> None:
+def topics_info(topic: TopicArgument, backend: BackendOption = None) -> None:
     """Partitions, groups and size of a topic."""
 
-    info = _on_bus(backend, lambda bus: bus.get_topic_info(topic))
+    info = _on_bus(_settings(backend), lambda bus: bus.get_topic_info(topic))
     if info is None:
         err.print(f"topic {topic!r} does not exist", highlight=False)
         raise typer.Exit(code=1)
@@ -376,9 +501,9 @@ def topics_info(topic: str, backend: BackendOption = None) -> None:
         "created_at": info.created_at.isoformat() if info.created_at else None,
         "message_count": info.message_count,
         "consumer_groups": list(info.consumer_groups),
-        "config": info.config,
+        "config": encode_header(info.config),
     }
-    print(json.dumps(described, indent=2))
+    print(dumps(described, indent=2))
 
 
 # -- dead letters ----------------------------------------------------------------
@@ -404,14 +529,18 @@ def _letter_json(letter: DLQMessage) -> dict[str, Any]:
 
 @dlq_app.command("list")
 def dlq_list(
-    topic: str,
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    topic: TopicArgument,
+    limit: Annotated[
+        int,
+        typer.Option(help="Show at most N (1 or more).", callback=int_range(1)),
+    ] = 100,
     backend: BackendOption = None,
 ) -> None:
     """Dead letters of TOPIC not yet retried or cleared."""
 
     found = _on_bus(
-        backend, lambda bus: DeadLetterQueue(bus).get_dlq_messages(topic, limit)
+        _settings(backend),
+        lambda bus: DeadLetterQueue(bus).get_dlq_messages(topic, limit),
     )
     table = Table(title=f"dead letters of {topic}")
     for column in ("id", "last failure", "group", "exception", "reason", "tries"):
@@ -429,16 +558,18 @@ def dlq_list(
 
 
 @dlq_app.command("show")
-def dlq_show(topic: str, dlq_message_id: str, backend: BackendOption = None) -> None:
+def dlq_show(
+    topic: TopicArgument, dlq_message_id: str, backend: BackendOption = None
+) -> None:
     """One dead letter of TOPIC as JSON, with its stack trace."""
 
     letters = _on_bus(
-        backend,
+        _settings(backend),
         lambda bus: DeadLetterQueue(bus).get_dlq_messages(topic, limit=1_000_000),
     )
     for letter in letters:
         if letter.dlq_message_id == dlq_message_id:
-            print(json.dumps(_letter_json(letter), indent=2))
+            print(dumps(_letter_json(letter), indent=2))
             print(letter.stack_trace)
             return
 
@@ -447,11 +578,14 @@ def dlq_show(topic: str, dlq_message_id: str, backend: BackendOption = None) -> 
 
 
 @dlq_app.command("retry")
-def dlq_retry(topic: str, dlq_message_id: str, backend: BackendOption = None) -> None:
+def dlq_retry(
+    topic: TopicArgument, dlq_message_id: str, backend: BackendOption = None
+) -> None:
     """Publish a dead letter's original to TOPIC again."""
 
     retried = _on_bus(
-        backend, lambda bus: DeadLetterQueue(bus).retry_failed_message(dlq_message_id)
+        _settings(backend),
+        lambda bus: DeadLetterQueue(bus).retry_failed_message(dlq_message_id),
     )
     if not retried:
         err.print(f"{dlq_message_id} was already retried or cleared", highlight=False)
@@ -461,14 +595,20 @@ def dlq_retry(topic: str, dlq_message_id: str, backend: BackendOption = None) ->
 
 @dlq_app.command("clear")
 def dlq_clear(
-    topic: str,
-    older_than_hours: Annotated[int, typer.Option(min=0)] = 0,
+    topic: TopicArgument,
+    older_than_hours: Annotated[
+        int,
+        typer.Option(
+            help=f"Only those older than this many hours (0 to {MAX_HOURS}).",
+            callback=int_range(0, MAX_HOURS),
+        ),
+    ] = 0,
     backend: BackendOption = None,
 ) -> None:
     """Clear dead letters of TOPIC older than the given age."""
 
     cleared = _on_bus(
-        backend,
+        _settings(backend),
         lambda bus: DeadLetterQueue(bus).clear_dlq_messages(topic, older_than_hours),
     )
     out.print(f"cleared {cleared} dead letter(s) of {topic}", highlight=False)
@@ -476,14 +616,21 @@ def dlq_clear(
 
 @dlq_app.command("analyze")
 def dlq_analyze(
-    topic: str,
-    hours: Annotated[int, typer.Option(min=1)] = 24,
+    topic: TopicArgument,
+    hours: Annotated[
+        int,
+        typer.Option(
+            help=f"The last this many hours (1 to {MAX_HOURS}).",
+            callback=int_range(1, MAX_HOURS),
+        ),
+    ] = 24,
     backend: BackendOption = None,
 ) -> None:
     """Failure patterns of TOPIC's dead letters, as tables."""
 
     analysis = _on_bus(
-        backend, lambda bus: DeadLetterQueue(bus).analyze_failure_patterns(topic, hours)
+        _settings(backend),
+        lambda bus: DeadLetterQueue(bus).analyze_failure_patterns(topic, hours),
     )
     out.print(
         f"{analysis.total_failures} failure(s) of {topic} in the last {hours}h; "
@@ -512,11 +659,35 @@ def dlq_analyze(
 def replay(
     file: Annotated[
         Path | None,
-        typer.Argument(help="NDJSON corpus (.gz ok); the GitHub sample if omitted."),
+        typer.Argument(
+            help="NDJSON corpus (.gz ok); the GitHub sample if omitted.",
+            exists=True,
+            file_okay=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
     ] = None,
-    partitions: Annotated[int, typer.Option(min=1)] = 3,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for groups.")] = 120,
-    topic_prefix: Annotated[str, typer.Option()] = "replay.github",
+    partitions: Annotated[
+        int,
+        typer.Option(
+            help=f"Partitions per topic (1 to {MAX_PARTITIONS}).",
+            callback=int_range(1, MAX_PARTITIONS),
+        ),
+    ] = 3,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for groups (finite, above 0).", callback=seconds
+        ),
+    ] = 120,
+    topic_prefix: Annotated[
+        str,
+        typer.Option(
+            help="Topics are PREFIX.EVENT; the prefix follows the topic name rule.",
+            callback=topic_prefix,
+        ),
+    ] = "replay.github",
     keep_topics: Annotated[
         bool, typer.Option(help="Keep the topics and dead letters afterwards.")
     ] = False,
@@ -526,7 +697,14 @@ def replay(
     path = file or sample_corpus_path()
     with _reported_errors():
         events = list(read_corpus(path))
+        _check_topics(path, events, topic_prefix)
     settings = _settings(backend)
+    if not events:
+        # Nothing to publish or wait for: report at once, without a broker.
+        err.print(f"no events to replay in {path.name}", highlight=False)
+        _print_report(_empty_report(settings.backend))
+        return
+
     err.print(
         f"replaying {len(events)} events from {path.name} on backend "
         f"[bold]{settings.backend}[/] through groups {', '.join(GROUPS)}"
@@ -556,6 +734,29 @@ def replay(
     _print_report(report)
     if not report.completed:
         raise typer.Exit(code=1)
+
+
+def _check_topics(path: Path, events: list[CorpusEvent], prefix: str) -> None:
+    """Refuse a corpus event whose topic ``<prefix>.<event>`` is not legal."""
+    for event in sorted({e.event for e in events}):
+        try:
+            validate_topic_name(f"{prefix}.{event}")
+        except InvalidTopicNameError as exc:
+            raise SerializationError(
+                f"{path.name}: event {event!r} cannot be replayed: {exc}"
+            ) from exc
+
+
+def _empty_report(backend: str) -> ReplayReport:
+    return ReplayReport(
+        backend=backend,
+        events=0,
+        topics={},
+        publish_seconds=0.0,
+        total_seconds=0.0,
+        completed=True,
+        repositories=Counter(),
+    )
 
 
 def _print_report(report: ReplayReport) -> None:
@@ -617,15 +818,48 @@ def _common_prefix(topics: list[str]) -> str:
 
 @app.command()
 def bench(
-    messages: Annotated[int, typer.Option("--messages", "-n", min=1)] = 10_000,
-    size: Annotated[int, typer.Option(help="Payload bytes.", min=0)] = 256,
-    partitions: Annotated[int, typer.Option(min=1)] = 4,
-    publishers: Annotated[int, typer.Option(min=1)] = 8,
-    batch_size: Annotated[int, typer.Option(min=1)] = 500,
+    messages: Annotated[
+        int,
+        typer.Option(
+            "--messages",
+            "-n",
+            help="Messages per round (1 or more).",
+            callback=int_range(1),
+        ),
+    ] = 10_000,
+    size: Annotated[
+        int,
+        typer.Option(
+            help="Payload bytes (0 up to the max_message_bytes setting).",
+            callback=int_range(0),
+        ),
+    ] = 256,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            help=f"Partitions (1 to {MAX_PARTITIONS}).",
+            callback=int_range(1, MAX_PARTITIONS),
+        ),
+    ] = 4,
+    publishers: Annotated[
+        int,
+        typer.Option(help="Concurrent publishers (1 or more).", callback=int_range(1)),
+    ] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Messages per batch (1 or more).", callback=int_range(1)),
+    ] = 500,
     backend: BackendOption = None,
 ) -> None:
     """Publish and consume throughput on the configured backend, in msgs/s."""
     settings = _settings(backend)
+    if size > settings.max_message_bytes:
+        raise typer.BadParameter(
+            f"{size} is out of range; use an integer from 0 to "
+            f"{settings.max_message_bytes} (the max_message_bytes setting, "
+            "POLYBUS_MAX_MESSAGE_BYTES)",
+            param_hint="'--size'",
+        )
 
     async def measure() -> Any:
         async with create_event_bus(settings) as bus:

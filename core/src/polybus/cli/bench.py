@@ -10,18 +10,22 @@ plugin's ``bench`` folder.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass
 from uuid import uuid4
 
 from polybus.bus import EventBus
-from polybus.errors import BackendUnavailableError
+from polybus.errors import BackendUnavailableError, ConfigurationError
 from polybus.message import EventMessage
 from polybus.publisher import EventPublisher
 from polybus.types import ContextValue
 
 __all__ = ["BenchResult", "run_bench"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,27 @@ async def run_bench(
 
     The messages are published twice, one by one with ``publish_event`` and in
     batches with ``publish_batch``, and the group consumes both rounds.
+
+    :raises ConfigurationError: if a count is below 1, the payload size is
+        negative, or ``timeout`` is not a finite number of seconds above 0.
+    :raises BackendUnavailableError: if the group has not handled every message
+        within ``timeout``.
     """
+    _check_counts(
+        messages=messages,
+        partitions=partitions,
+        publishers=publishers,
+        batch_size=batch_size,
+    )
+    if payload_bytes < 0:
+        raise ConfigurationError(
+            f"payload_bytes must not be negative, got {payload_bytes}"
+        )
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigurationError(
+            f"timeout must be a finite number of seconds above 0, got {timeout}"
+        )
+
     topic = f"polybus-bench-{uuid4().hex[:12]}"
     await bus.create_topic(topic, partitions)
 
@@ -91,7 +115,13 @@ async def run_bench(
 
         started = time.perf_counter()
         await bus.resume_subscription(subscription)
-        await asyncio.wait_for(finished.wait(), timeout=timeout)
+        try:
+            await asyncio.wait_for(finished.wait(), timeout=timeout)
+        except TimeoutError:
+            raise BackendUnavailableError(
+                f"the bench group handled {handled} of {2 * messages} messages "
+                f"within {timeout:g}s"
+            ) from None
         consume_seconds = time.perf_counter() - started
     finally:
         await bus.unsubscribe_from_topic(subscription)
@@ -108,6 +138,12 @@ async def run_bench(
         batch_size=batch_size,
         consume_seconds=consume_seconds / 2,
     )
+
+
+def _check_counts(**counts: int) -> None:
+    for name, count in counts.items():
+        if count < 1:
+            raise ConfigurationError(f"{name} must be at least 1, got {count}")
 
 
 async def _publish(

@@ -10,7 +10,8 @@ groups with handlers doing real work:
   so it lands in the topic's dead-letter queue.
 
 The job waits until every group has settled every event, then reports per-topic
-counts, throughput, failures and dead letters.
+counts, throughput, failures and dead letters. A corpus without events (an empty
+file, or only blank lines) is done at once: nothing is left to settle.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 from polybus.bus import EventBus
 from polybus.cli.corpus import CorpusEvent
+from polybus.errors import ConfigurationError
 from polybus.message import EventMessage
 from polybus.types import ContextValue
 
@@ -89,6 +92,9 @@ class _Tally:
         self._seen: set[tuple[str, str]] = set()
         self._settled = 0
         self._on_progress = on_progress
+        if expected <= 0:
+            # Nothing will ever settle: a corpus without events is done at once.
+            self.done.set()
 
     def settle(self, group: str, message: EventMessage, *, handled: bool) -> None:
         report = self.topics[message.topic]
@@ -119,7 +125,17 @@ async def run_replay(
     keep_topics: bool = False,
     on_progress: Callable[[int], None] = lambda _: None,
 ) -> ReplayReport:
-    """Replay ``events`` on a started bus and report what happened."""
+    """Replay ``events`` on a started bus and report what happened.
+
+    With no events it returns at once, completed, without creating a topic.
+
+    :raises ConfigurationError: if ``timeout`` is not a finite number of seconds
+        above 0.
+    """
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigurationError(
+            f"timeout must be a finite number of seconds above 0, got {timeout}"
+        )
     tally = _Tally(len(events) * len(GROUPS), on_progress)
     topics = sorted({f"{topic_prefix}.{e.event}" for e in events})
 
