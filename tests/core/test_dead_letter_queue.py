@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 from polybus import (
+    ConfigurationError,
     DeadLetterNotFoundError,
     DeadLetterQueue,
     EventMessage,
@@ -192,3 +193,27 @@ async def test_a_claim_whose_process_died_is_taken_over(
 
     await eventually(lambda: len(fixed) == 1, "the replayed order handled")
     assert await dlq.get_dlq_messages("orders") == []
+
+
+async def test_retry_looks_only_where_it_is_told(
+    bus: InMemoryEventBus, eventually: Eventually
+) -> None:
+    dlq = DeadLetterQueue(bus)
+    await _fail_orders(bus, eventually, 1)
+    [letter] = await dlq.get_dlq_messages("orders")
+
+    with pytest.raises(DeadLetterNotFoundError, match="dead letters of 'payments'"):
+        await dlq.retry_failed_message(letter.dlq_message_id, topic="payments")
+
+    assert await dlq.retry_failed_message(letter.dlq_message_id, topic="orders")
+
+
+async def test_look_backs_out_of_range_are_typed_errors(
+    bus: InMemoryEventBus,
+) -> None:
+    dlq = DeadLetterQueue(bus)
+
+    with pytest.raises(ConfigurationError, match="older_than_hours must be between"):
+        await dlq.clear_dlq_messages("orders", older_than_hours=-1)
+    with pytest.raises(ConfigurationError, match="time_range_hours must be between"):
+        await dlq.analyze_failure_patterns("orders", time_range_hours=10**12)

@@ -253,7 +253,9 @@ class DeadLetterQueue:
         letters.sort(key=lambda letter: letter.last_failure_at)
         return letters[:limit]
 
-    async def retry_failed_message(self, dlq_message_id: str) -> bool:
+    async def retry_failed_message(
+        self, dlq_message_id: str, *, topic: str | None = None
+    ) -> bool:
         """Publish a dead letter's original again to its topic.
 
         The original keeps its message id and gains a
@@ -262,11 +264,20 @@ class DeadLetterQueue:
         which of them replays it (see :meth:`_claim`); the others get
         ``False``.
 
+        :param topic: look among the dead letters of this topic only; every
+            dead-letter topic when ``None``.
         :returns: ``False`` if it was already retried or cleared, or another
             retry of it is under way.
-        :raises DeadLetterNotFoundError: if no dead letter has that id.
+        :raises DeadLetterNotFoundError: if no dead letter (of ``topic``) has
+            that id.
         """
-        for dead_letter_topic in await self._dead_letter_topics():
+        if topic is not None:
+            validate_topic_name(topic)
+            places = [self._writer.topic_for(topic)]
+        else:
+            places = await self._dead_letter_topics()
+
+        for dead_letter_topic in places:
             for record in await self._records(dead_letter_topic):
                 if str(record.message_id) != dlq_message_id:
                     continue
@@ -281,19 +292,14 @@ class DeadLetterQueue:
                 await self._resolve(letter.original_topic, [dlq_message_id], "retried")
                 return True
 
-        raise DeadLetterNotFoundError(dlq_message_id)
+        raise DeadLetterNotFoundError(dlq_message_id, topic)
 
     async def clear_dlq_messages(self, topic: str, older_than_hours: int) -> int:
         """Mark dead letters of ``topic`` that failed before the cut-off as cleared.
 
         :returns: how many were cleared.
         """
-        if older_than_hours < 0:
-            raise ConfigurationError(
-                f"older_than_hours must not be negative, got {older_than_hours}"
-            )
-
-        cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+        cutoff = datetime.now(UTC) - _hours("older_than_hours", older_than_hours)
         stale = [
             letter.dlq_message_id
             for letter in await self._open_letters(topic)
@@ -307,7 +313,7 @@ class DeadLetterQueue:
         self, topic: str, time_range_hours: int
     ) -> FailureAnalysis:
         """Count dead letters of ``topic`` in the last ``time_range_hours``."""
-        since = datetime.now(UTC) - timedelta(hours=time_range_hours)
+        since = datetime.now(UTC) - _hours("time_range_hours", time_range_hours)
         letters = [
             letter
             for letter in await self._letters(topic)
@@ -534,6 +540,19 @@ def _as_dlq_message(letter: EventMessage) -> DLQMessage:
         last_failure_at=last,
         replay_count=number("replay_count"),
     )
+
+
+MAX_HOURS: Final = 24 * 365 * 100
+"""The longest look back, in hours, that the queue's methods take: a century."""
+
+
+def _hours(name: str, hours: int) -> timedelta:
+    """``hours`` as a look-back, or a clear error for one that makes no sense."""
+    if not 0 <= hours <= MAX_HOURS:
+        raise ConfigurationError(
+            f"{name} must be between 0 and {MAX_HOURS} (a century), got {hours}"
+        )
+    return timedelta(hours=hours)
 
 
 def _parse_time(value: str) -> datetime | None:

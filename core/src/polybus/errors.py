@@ -217,8 +217,10 @@ class InvalidHandlerError(PolybusError, TypeError):
 
 
 class DeadLetterNotFoundError(PolybusError, LookupError):
-    """No dead-letter topic holds a dead letter with the given id."""
+    """No dead-letter topic (or not the one of ``topic``) holds that id."""
 
-    def __init__(self, dlq_message_id: str) -> None:
+    def __init__(self, dlq_message_id: str, topic: str | None = None) -> None:
         self.dlq_message_id = dlq_message_id
-        super().__init__(f"no dead letter with id {dlq_message_id!r}")
+        self.topic = topic
+        where = f" among the dead letters of {topic!r}" if topic else ""
+        super().__init__(f"no dead letter with id {dlq_message_id!r}{where}")

@@ -585,7 +585,9 @@ def dlq_retry(
 
     retried = _on_bus(
         _settings(backend),
-        lambda bus: DeadLetterQueue(bus).retry_failed_message(dlq_message_id),
+        lambda bus: DeadLetterQueue(bus).retry_failed_message(
+            dlq_message_id, topic=topic
+        ),
     )
     if not retried:
         err.print(f"{dlq_message_id} was already retried or cleared", highlight=False)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Final
 
 import typer
 
+from polybus.dlq import MAX_HOURS
 from polybus.errors import InvalidTopicNameError
 from polybus.validation import validate_topic_name
 
@@ -30,9 +30,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MAX_HOURS: Final = 24 * 365 * 100
-"""The longest age or window in hours a ``dlq`` command takes: a hundred years."""
 
 
 def _describe(low: int, high: int | None) -> str:
