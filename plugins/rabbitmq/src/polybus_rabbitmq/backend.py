@@ -16,9 +16,12 @@ Features:
   :mod:`polybus_rabbitmq.topic_log`), kept under its retention settings whether
   or not a group reads the topic, and listed without being consumed by
   ``read_topic``, which the dead-letter queue handler reads.
-- Publisher confirms on every publish, pipelined for batches; persistent
-  messages; transient failures (a broker restart, a lost connection, a negative
-  confirm) are retried until ``operation_timeout_ms``.
+- Publisher confirms on every publish; a batch is written in order in one go
+  and its confirms awaited together (see :mod:`polybus_rabbitmq.confirms`);
+  persistent messages; transient failures (a broker restart, a lost
+  connection, a negative confirm) are retried until ``operation_timeout_ms``,
+  and a publish racing :meth:`RabbitMQBackend.close` fails with
+  :class:`~polybus.errors.BackendUnavailableError`.
 - A robust connection: after a reconnect, channels, queues, bindings and
   consumers come back by themselves.
 - Bounded prefetch; one channel per partition queue, so a channel error stays
@@ -35,9 +38,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Final, TypeVar, cast
+from typing import Final, TypeVar
 
 import aio_pika
 import aiormq
@@ -66,12 +70,15 @@ from polybus.errors import (
     BackendUnavailableError,
     ConfigurationError,
     MessageTooLargeError,
+    PolybusError,
     TopicNotFoundError,
     UnsupportedOperationError,
 )
 from polybus.types import ContextValue, TopicInfo
 from polybus.validation import validate_topic_name
 from polybus_rabbitmq.catalog import Catalog, CatalogEntry
+from polybus_rabbitmq.confirms import Outgoing, publish_confirmed
+from polybus_rabbitmq.errors import MessageReturnedError
 from polybus_rabbitmq.settings import RabbitMQSettings
 from polybus_rabbitmq.stream import RabbitMQStream
 from polybus_rabbitmq.topic_log import TopicLog
@@ -130,8 +137,9 @@ CAPABILITIES: Final = Capabilities(
         "connection; after a reconnect it is declared again and does not see "
         "what was published while the connection was down",
         "publish order under failure": "records of one batch that must be "
-        "retried after a lost connection may reach the broker in another order; "
-        "publish_event (one record at a time) keeps order",
+        "retried (lost connection, negative confirm, confirm timeout) go again "
+        "after the records that were confirmed, so they may reach the broker in "
+        "another order; publish_event (one record at a time) keeps order",
     },
 )
 
@@ -150,7 +158,13 @@ CAPABILITIES_WITHOUT_TOPIC_LOG: Final = dataclasses.replace(
 
 def is_transient(exc: BaseException) -> bool:
     """Whether an operation that failed with ``exc`` may succeed when retried."""
-    if isinstance(exc, TopicNotFoundError | ConfigurationError):
+    if isinstance(
+        exc,
+        TopicNotFoundError
+        | ConfigurationError
+        | MessageReturnedError
+        | aiormq.exceptions.PublishError,
+    ):
         return False
 
     if isinstance(exc, aiormq.exceptions.ChannelClosed):
@@ -173,6 +187,27 @@ def _broker_size_limit(reply: str) -> int | None:
     """The limit named by a ``message size ... larger than ...`` refusal."""
     match = _SIZE_REFUSAL.search(reply)
     return int(match["limit"]) if match else None
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled.
+
+    aiormq and aio-pika reject the futures of a closing connection with
+    :class:`asyncio.CancelledError`; a task that awaits one sees that error
+    although nobody cancelled it.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _caused(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
+def _backoff(attempt: int) -> float:
+    """Pause before publish attempt ``attempt + 1``: exponential, with jitter."""
+    return min(2.0, 0.05 * 2.0 ** (attempt - 1)) + random.uniform(0.0, 0.1)
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -210,6 +245,8 @@ class RabbitMQBackend(Backend):
         self._exchanges: set[str] = set()
         self._logged: set[str] = set()
         self._lock = asyncio.Lock()
+        self._closing = asyncio.Event()
+        self._flights: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -229,6 +266,9 @@ class RabbitMQBackend(Backend):
         async with self._lock:
             if self._connection is not None and not self._connection.is_closed:
                 return
+
+            if self._closing.is_set():
+                self._closing = asyncio.Event()
 
             where = self.settings.describe()
             logger.debug("Connecting to RabbitMQ at %s", where)
@@ -257,11 +297,28 @@ class RabbitMQBackend(Backend):
             logger.debug("Connected to RabbitMQ at %s", where)
 
     async def close(self) -> None:
+        """Close the connection.
+
+        Publishes from then on fail with :class:`BackendUnavailableError`, and
+        so do retries and waits for a reconnection in progress. Messages
+        already written get up to ``confirm_timeout_ms`` for their confirms
+        before the connection closes; those still unconfirmed then fail with
+        that error too.
+        """
+        self._closing.set()
         async with self._lock:
-            connection, self._connection = self._connection, None
-            if connection is None:
+            if self._connection is None:
                 return
 
+            if self._flights:
+                logger.debug(
+                    "Waiting for the confirms of %d publishes", len(self._flights)
+                )
+                await asyncio.wait(
+                    set(self._flights),
+                    timeout=self.settings.confirm_timeout_ms / 1000,
+                )
+            connection, self._connection = self._connection, None
             logger.debug("Closing the RabbitMQ connection")
             for stream in list(self.streams):
                 await stream.close()
@@ -310,16 +367,34 @@ class RabbitMQBackend(Backend):
     async def _retrying(
         self, operation: Callable[..., Awaitable[T]], *args: object
     ) -> T:
-        """Run ``operation``, retrying transient failures until the deadline."""
+        """Run ``operation``, retrying transient failures until the deadline.
+
+        Nothing is retried once the backend is closing or closed, and a pause
+        between attempts ends as soon as :meth:`close` is called.
+        """
         retrying = AsyncRetrying(
             stop=stop_after_delay(self.settings.operation_timeout_ms / 1000),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(self._worth_retrying),
             before_sleep=_log_retry,
+            sleep=self._pause,
             reraise=True,
         )
         result: T = await retrying(operation, *args)
         return result
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        return not self._is_closed() and is_transient(exc)
+
+    def _is_closed(self) -> bool:
+        """Whether the backend is closing, closed or was never connected."""
+        return self._closing.is_set() or self._connection is None
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts, or until :meth:`close` is called."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
 
     # -- topics ---------------------------------------------------------------
 
@@ -496,39 +571,59 @@ class RabbitMQBackend(Backend):
     async def publish(
         self, records: Sequence[OutboundRecord]
     ) -> list[BaseException | None]:
+        """Send ``records`` with all their publisher confirms in flight together.
+
+        The records go out in order, in a few large writes on the publishing
+        channel, and their confirms are then awaited at once (see
+        :mod:`polybus_rabbitmq.confirms`). Records that fail transiently (lost
+        connection, negative confirm, no confirm for ``confirm_timeout_ms``) go
+        again, together and in their order, until ``operation_timeout_ms``.
+
+        :raises BackendUnavailableError: if the backend is closed, or closes
+            before anything was sent.
+        """
         if not records:
             return []
 
-        missing = await self._missing_topics({record.topic for record in records})
+        try:
+            return await self._publish(records)
+        except asyncio.CancelledError as exc:
+            if _cancelled_from_outside():
+                raise
+            # Closing a connection rejects what waits on it with
+            # CancelledError; the caller was not cancelled.
+            raise BackendUnavailableError(
+                "the connection to RabbitMQ closed before anything was published"
+            ) from exc
+
+    async def _publish(
+        self, records: Sequence[OutboundRecord]
+    ) -> list[BaseException | None]:
+        if self._is_closed():
+            raise BackendUnavailableError(
+                "the RabbitMQ backend is not connected (or was closed); call "
+                "connect() first"
+            )
+
+        try:
+            missing = await self._missing_topics({record.topic for record in records})
+        except Exception as exc:
+            if self._is_closed() and not isinstance(exc, PolybusError):
+                raise BackendUnavailableError(
+                    "the RabbitMQ backend was closed before anything was published"
+                ) from exc
+            raise
+
         limit = self.settings.max_message_bytes
-        sends: list[Awaitable[None] | None] = [
-            None
-            if record.topic in missing or len(record.payload) > limit
-            else self._publish_one(record)
-            for record in records
-        ]
-        if len(sends) > 1:
-            # Start every publish now, so their confirms are awaited together.
-            sends = [None if s is None else asyncio.ensure_future(s) for s in sends]
-
-        outcomes: list[BaseException | None] = []
-        for record, send in zip(records, sends, strict=True):
-            if send is None:
-                outcomes.append(self._refusal(record))
-                continue
-
-            try:
-                await send
-            except Exception as exc:
-                logger.debug(
-                    "Publish of message %s to %s failed: %r",
-                    record.message_id,
-                    record.topic,
-                    exc,
-                )
-                outcomes.append(exc)
+        outcomes: list[BaseException | None] = [None] * len(records)
+        pending: list[int] = []
+        for index, record in enumerate(records):
+            if record.topic in missing or len(record.payload) > limit:
+                outcomes[index] = self._refusal(record)
             else:
-                outcomes.append(None)
+                pending.append(index)
+        if pending:
+            await self._send(records, pending, outcomes)
         return outcomes
 
     def _refusal(self, record: OutboundRecord) -> BaseException:
@@ -566,66 +661,184 @@ class RabbitMQBackend(Backend):
             return False
         return True
 
-    async def _publish_one(self, record: OutboundRecord) -> None:
-        exchange = self.topology.exchange(record.topic)
-        properties = Basic.Properties(
-            delivery_mode=2,
-            content_type=CONTENT_TYPE,
-            message_id=record.message_id.hex,
-        )
+    async def _send(
+        self,
+        records: Sequence[OutboundRecord],
+        pending: list[int],
+        outcomes: list[BaseException | None],
+    ) -> None:
+        """Publish ``records[i]`` for each ``i`` of ``pending`` into ``outcomes``.
 
-        async def attempt() -> None:
-            if self._publisher is None:
-                raise BackendUnavailableError("the RabbitMQ backend is closed")
-            # The concrete channel: its basic_publish can skip waiting for the
-            # socket write, so a batch keeps many confirms in flight.
-            channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
-            try:
-                async with asyncio.timeout(self.settings.confirm_timeout_ms / 1000):
-                    await channel.basic_publish(
-                        record.payload,
-                        exchange=exchange,
-                        routing_key=str(record.partition),
-                        properties=properties,
-                        wait=False,
-                    )
-            except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                # Publishing to a missing exchange closes the whole channel, so
-                # every record in flight on it fails; only the one that named
-                # the missing exchange is refused, the others go again.
-                if f"'{exchange}'" in str(exc):
-                    self._exchanges.discard(record.topic)
-                    self._logged.discard(record.topic)
-                    raise TopicNotFoundError(record.topic) from exc
-                raise BackendUnavailableError(
-                    "the publishing channel was closed by another record"
-                ) from exc
-            except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                # The broker's max_message_size may be below ours; as above,
-                # only the record it names is refused.
-                limit = _broker_size_limit(str(exc))
-                if limit is not None and f" {len(record.payload)} " in str(exc):
-                    raise MessageTooLargeError(
-                        record.topic, len(record.payload), limit
-                    ) from exc
-                raise BackendUnavailableError(
-                    "the publishing channel was closed by another record"
-                ) from exc
+        Each attempt sends what is left in its order; what fails transiently is
+        tried again after a pause, until the operation deadline or a close.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.operation_timeout_ms / 1000
+        attempt = 1
+        while True:
+            results = await self._attempt([records[i] for i in pending], deadline)
+            failed: list[int] = []
+            for index, result in zip(pending, results, strict=True):
+                outcome = self._interpret(records[index], result)
+                outcomes[index] = outcome
+                if outcome is not None and is_transient(outcome):
+                    failed.append(index)
+            if not failed:
+                return
 
-        # The first attempt runs outside tenacity: nearly every publish
-        # succeeds at once, and the retry machinery costs more than the send.
-        try:
-            await attempt()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
+            pause = _backoff(attempt)
+            if self._is_closed() or loop.time() + pause >= deadline:
+                break
             logger.warning(
-                "Publish of message %s to %s failed: %r; retrying",
+                "Publish of %d of %d records failed (attempt %d): %r; retrying",
+                len(failed),
+                len(pending),
+                attempt,
+                outcomes[failed[0]],
+            )
+            await self._pause(pause)
+            pending = failed
+            attempt += 1
+
+        for index in failed:
+            record = records[index]
+            logger.debug(
+                "Publish of message %s to %s failed: %r",
                 record.message_id,
                 record.topic,
-                exc,
+                outcomes[index],
             )
-            await self._retrying(attempt)
+            if self._is_closed():
+                closed = BackendUnavailableError(
+                    f"the RabbitMQ backend was closed before the broker confirmed "
+                    f"message {record.message_id} to topic {record.topic!r}; it "
+                    "may or may not have been stored"
+                )
+                closed.__cause__ = outcomes[index]
+                outcomes[index] = closed
+
+    async def _attempt(
+        self, records: Sequence[OutboundRecord], deadline: float
+    ) -> list[BaseException | None]:
+        """One try at ``records``: each one's confirm or error, in order."""
+        publisher = self._publisher
+        if publisher is None or self._is_closed():
+            closed = BackendUnavailableError("the RabbitMQ backend is closed")
+            return [closed] * len(records)
+
+        # close() lets the confirms of a write in progress come in first.
+        flight: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flights.add(flight)
+        try:
+            channel = await self._publishing_channel(publisher, deadline)
+            return await publish_confirmed(
+                channel,
+                [self._outgoing(record) for record in records],
+                stall_timeout=self.settings.confirm_timeout_ms / 1000,
+            )
+        except asyncio.CancelledError as exc:
+            if _cancelled_from_outside():
+                raise
+            lost = BackendUnavailableError("the connection to RabbitMQ closed")
+            return [_caused(lost, exc)] * len(records)
+        except Exception as exc:
+            if type(exc) is Exception:
+                # What aiormq rejects futures with when closed without a reason.
+                lost = BackendUnavailableError("the connection to RabbitMQ closed")
+                return [_caused(lost, exc)] * len(records)
+            return [exc] * len(records)
+        finally:
+            self._flights.discard(flight)
+            flight.set_result(None)
+
+    async def _publishing_channel(
+        self, publisher: AbstractRobustChannel, deadline: float
+    ) -> aiormq.abc.AbstractChannel:
+        """The open channel under ``publisher``, once it is back if it is not.
+
+        :raises BackendUnavailableError: if :meth:`close` is called meanwhile.
+        :raises TimeoutError: if it is not back by ``deadline``.
+        """
+        connection = self._connection
+        if connection is not None and connection.connected.is_set():
+            # Connected: this does not wait.
+            with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                channel = await publisher.get_underlay_channel()
+                if not channel.is_closed:
+                    return channel
+
+        loop = asyncio.get_running_loop()
+        reopened = asyncio.ensure_future(publisher.ready())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait(
+                (reopened, closing),
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            closing.cancel()
+            reopened.cancel()
+        if reopened.done() and not reopened.cancelled():
+            reopened.result()
+            return await publisher.get_underlay_channel()
+        if self._is_closed():
+            raise BackendUnavailableError(
+                "the RabbitMQ backend was closed while waiting for a reconnection"
+            )
+        raise TimeoutError("the connection to RabbitMQ did not come back in time")
+
+    def _outgoing(self, record: OutboundRecord) -> Outgoing:
+        return Outgoing(
+            exchange=self.topology.exchange(record.topic),
+            routing_key=str(record.partition),
+            body=record.payload,
+            properties=Basic.Properties(
+                delivery_mode=2,
+                content_type=CONTENT_TYPE,
+                message_id=record.message_id.hex,
+            ),
+        )
+
+    def _interpret(
+        self, record: OutboundRecord, result: BaseException | None
+    ) -> BaseException | None:
+        """The outcome of ``record`` in polybus's terms.
+
+        A publish the broker refuses closes the whole channel, so every record
+        in flight on it fails with the same error; only the record it names is
+        refused, the others go again.
+        """
+        if result is None:
+            return None
+
+        text = str(result)
+        if isinstance(result, aiormq.exceptions.ChannelNotFoundEntity):
+            if f"'{self.topology.exchange(record.topic)}'" in text:
+                self._exchanges.discard(record.topic)
+                self._logged.discard(record.topic)
+                return _caused(TopicNotFoundError(record.topic), result)
+            return _caused(
+                BackendUnavailableError(
+                    "the publishing channel was closed by another record"
+                ),
+                result,
+            )
+        if isinstance(result, aiormq.exceptions.ChannelPreconditionFailed):
+            # The broker's max_message_size may be below ours.
+            limit = _broker_size_limit(text)
+            if limit is not None and f" {len(record.payload)} " in text:
+                return _caused(
+                    MessageTooLargeError(record.topic, len(record.payload), limit),
+                    result,
+                )
+            return _caused(
+                BackendUnavailableError(
+                    "the publishing channel was closed by another record"
+                ),
+                result,
+            )
+        return result
 
     # -- streams --------------------------------------------------------------
 

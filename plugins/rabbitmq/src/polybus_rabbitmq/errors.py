@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from polybus.errors import ConfigurationError
+from polybus.errors import ConfigurationError, PolybusError
 
-__all__ = ["QueueArgumentsMismatchError"]
+__all__ = ["MessageReturnedError", "QueueArgumentsMismatchError"]
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<argument>[^']+)'")
 
@@ -35,3 +35,24 @@ class QueueArgumentsMismatchError(ConfigurationError):
         """Build the error from the broker's PRECONDITION_FAILED reply text."""
         match = _INEQUIVALENT.search(reply)
         return cls(queue, match["argument"] if match else None, reply)
+
+
+class MessageReturnedError(PolybusError):
+    """The broker returned a ``mandatory`` message: no queue could take it.
+
+    The message was not stored; publishing it again to the same place fails
+    the same way until a queue is bound for its routing key.
+    """
+
+    def __init__(
+        self, exchange: str, routing_key: str, reply_code: int, reply_text: str
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+        super().__init__(
+            f"the broker returned the message published to exchange {exchange!r} "
+            f"with routing key {routing_key!r} ({reply_code} {reply_text}): no "
+            "queue is bound to receive it"
+        )

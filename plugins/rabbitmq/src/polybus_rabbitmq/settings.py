@@ -62,7 +62,9 @@ class RabbitMQSettings(BackendSettings):
     """How long a publish or topic operation keeps retrying transient failures
     (lost connection, broker restart, negative confirm) before it gives up."""
     confirm_timeout_ms: int = Field(default=10_000, ge=100)
-    """How long one publish attempt waits for the broker's confirm."""
+    """How long a publish attempt waits while no confirm comes (the confirms of
+    a batch come one after another), and how long ``close()`` waits for the
+    confirms of publishes in flight."""
     rebalance_interval_ms: int = Field(default=2_000, ge=50)
     """How often a group member checks that it does not read more than its share
     of the partitions."""
