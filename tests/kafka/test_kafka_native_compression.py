@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from kafka_wire import CODEC_IDS, fetch_batches
 
+from kafka_wire import CODEC_IDS, fetch_batches
 from polybus import CODEC_HEADER, EventPublisher
 from polybus.backend import OutboundRecord
 from polybus.errors import (

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import nats
 import nats.js.errors
-import pytest
 
 from polybus import EventBus, PolybusSettings
 from polybus.settings import RetrySettings
-from polybus.testing.harness import fast_settings, free_port
+from polybus.testing.harness import fast_settings
 from polybus_nats import NatsBackend, NatsSettings
+from private_server import PrivateServer
 
 SERVER_URL = os.environ.get("POLYBUS_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -90,62 +87,30 @@ class NatsPlace:
             await client.close()
 
 
-class PrivateNats:
+class PrivateNats(PrivateServer):
     """A ``nats-server -js`` of this test run, storing streams in a folder."""
 
     def __init__(self, directory: Path, *extra: str) -> None:
-        binary = shutil.which("nats-server")
-        if binary is None:
-            pytest.skip("nats-server is not installed")
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
+        super().__init__("nats-server", directory)
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
         self._extra = extra
 
-    def start(self) -> None:
-        log = (self.directory / "nats-server.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.directory),
-                *self._extra,
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        self._wait_ready()
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.directory),
+            *self._extra,
+        ]
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
-                    if sock.recv(4).startswith(b"INFO"):
-                        return
-            except OSError:
-                pass
-
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"private nats-server on {self.port} did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-
-        process.terminate()  # SIGTERM: the server flushes its stores and exits
-        process.wait(timeout=10)
-
-    def restart(self) -> None:
-        """Stop the server and start it again on the same port and folder."""
-        self.stop()
-        self.start()
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
+                return sock.recv(4).startswith(b"INFO")
+        except OSError:
+            return False

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,8 +16,9 @@ import redis
 
 from polybus.bus import EventBus
 from polybus.settings import PolybusSettings, RetrySettings
-from polybus.testing.harness import fast_settings, free_port
+from polybus.testing.harness import fast_settings
 from polybus_redis import RedisBackend, RedisSettings
+from private_server import PrivateServer
 
 SHARED_URL = os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -113,72 +112,35 @@ class RedisEnv:
             client.close()
 
 
-class PrivateRedis:
+class PrivateRedis(PrivateServer):
     """A ``redis-server`` of this test run, persisting to an append-only file."""
 
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
+        super().__init__("redis-server", directory)
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_ready()
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
 
-    def _wait_ready(self) -> None:
+    def answers(self) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-
-        while True:
-            try:
-                if client.ping():
-                    client.close()
-                    return
-            except redis.exceptions.BusyLoadingError:
-                pass
-            except redis.ConnectionError:
-                pass
-
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"private redis-server on {self.port} did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-
-        process.terminate()  # SIGTERM: redis-server flushes the AOF and exits
-        process.wait(timeout=10)
-
-    def restart(self, downtime: float = 0.0) -> None:
-        """Stop the server, stay down ``downtime`` seconds, start it again."""
-        self.stop()
-        if downtime:
-            time.sleep(downtime)
-        self.start()
+        try:
+            return bool(client.ping())
+        except (redis.exceptions.BusyLoadingError, redis.ConnectionError):
+            return False
+        finally:
+            client.close()

@@ -57,7 +57,7 @@ async def test_restart_loses_nothing_and_misses_nothing(
 
     publishing = asyncio.create_task(publish())
     await wait_until(lambda: len(handled) >= 100, "100 handled before the restart")
-    await asyncio.to_thread(private_redis.restart, 0.5)
+    await asyncio.to_thread(private_redis.restart)
     restarted.set()
     await publishing
     total = len(published)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 from kafka_wire import CODEC_IDS, fetch_batches
-
 from polybus import CODEC_HEADER, EventPublisher
 from polybus.message import EventMessage
 from polybus.settings import PolybusSettings
