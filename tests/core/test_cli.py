@@ -107,6 +107,15 @@ def test_plugins_lists_the_in_memory_backend() -> None:
     assert "polybus-in-memory" in result.stdout
 
 
+def test_plugins_names_the_codecs_a_broker_compresses() -> None:
+    result = runner.invoke(app, ["plugins"])
+
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.split("polybus-kafka", 1)[1].split("polybus-", 1)[0]
+    cells = " ".join(rows.replace("│", " ").split())
+    assert "broker compresses gzip/lz4/snappy/zstd" in cells
+
+
 def test_unknown_backend_is_a_clear_error() -> None:
     result = runner.invoke(app, ["topics", "list", "--backend", "nope"])
 

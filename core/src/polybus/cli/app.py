@@ -175,6 +175,9 @@ def plugins() -> None:
             )
             if getattr(caps, name)
         ]
+        if caps.native_compression:
+            codecs = "/".join(sorted(caps.native_compression))
+            flags.append(f"broker compresses {codecs}")
         gaps = [f"no {clause}" for clause in caps.limitations]
         table.add_row(
             installed.spec.name,
