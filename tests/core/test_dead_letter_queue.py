@@ -13,6 +13,7 @@ from polybus import (
     DeadLetterNotFoundError,
     DeadLetterQueue,
     EventMessage,
+    InvalidTopicNameError,
     PolybusSettings,
     ProtocolDLQHandler,
     UnsupportedOperationError,
@@ -217,3 +218,12 @@ async def test_look_backs_out_of_range_are_typed_errors(
         await dlq.clear_dlq_messages("orders", older_than_hours=-1)
     with pytest.raises(ConfigurationError, match="time_range_hours must be between"):
         await dlq.analyze_failure_patterns("orders", time_range_hours=10**12)
+    with pytest.raises(ConfigurationError, match="time_range_hours must be between"):
+        await dlq.analyze_failure_patterns("orders", time_range_hours=float("nan"))  # type: ignore[arg-type]
+    for limit in (0, -1, "5"):
+        with pytest.raises(ConfigurationError, match="limit must be a positive"):
+            await dlq.get_dlq_messages("orders", limit=limit)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTopicNameError):
+        await dlq.handle_failed_message(
+            EventMessage("bad topic", b"x"), ValueError("no"), retry_count=5
+        )

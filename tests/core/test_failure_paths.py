@@ -11,6 +11,7 @@ import pytest_asyncio
 from polybus import (
     BusClosedError,
     ConfigurationError,
+    DeadLetterPayloadOmittedError,
     DeadLetterQueue,
     EventMessage,
     InvalidHandlerError,
@@ -70,6 +71,13 @@ async def test_a_dead_letter_the_broker_refuses_is_kept_without_its_bytes(
         assert headers[f"{HEADER_PREFIX}original_size"] == len(big.to_bytes())
         assert headers[f"{HEADER_PREFIX}original_offset"] == "0"
         assert letter.exception_type == "ValueError"
+        assert letter.payload_omitted == omitted
+        assert letter.original_size == len(big.to_bytes())
+
+        with pytest.raises(DeadLetterPayloadOmittedError, match="t/0@0"):
+            await DeadLetterQueue(bus).retry_failed_message(letter.dlq_message_id)
+        still = await DeadLetterQueue(bus).get_dlq_messages("t")
+        assert [x.dlq_message_id for x in still] == [letter.dlq_message_id]
 
 
 def test_derived_topic_names_stay_legal_and_distinct() -> None:

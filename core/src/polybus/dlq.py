@@ -29,6 +29,7 @@ from polybus.errors import (
     BackendUnavailableError,
     ConfigurationError,
     DeadLetterNotFoundError,
+    DeadLetterPayloadOmittedError,
     SerializationError,
 )
 from polybus.message import EventMessage, as_event_message
@@ -215,6 +216,7 @@ class DeadLetterQueue:
         message may be tried again and nothing is written.
         """
         event = as_event_message(message)
+        validate_topic_name(event.topic)
         target = self._writer.topic_for(event.topic)
         limit = self.bus.settings.retry.max_attempts
 
@@ -248,7 +250,12 @@ class DeadLetterQueue:
         )
 
     async def get_dlq_messages(self, topic: str, limit: int = 100) -> list[DLQMessage]:
-        """Dead letters of ``topic`` not yet retried or cleared, oldest first."""
+        """Dead letters of ``topic`` not yet retried or cleared, oldest first.
+
+        :raises ConfigurationError: if ``limit`` is not a positive integer.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
         letters = await self._open_letters(topic)
         letters.sort(key=lambda letter: letter.last_failure_at)
         return letters[:limit]
@@ -270,6 +277,8 @@ class DeadLetterQueue:
             retry of it is under way.
         :raises DeadLetterNotFoundError: if no dead letter (of ``topic``) has
             that id.
+        :raises DeadLetterPayloadOmittedError: if the dead letter was stored
+            without the original's bytes (the broker refused it as too large).
         """
         if topic is not None:
             validate_topic_name(topic)
@@ -283,6 +292,14 @@ class DeadLetterQueue:
                     continue
 
                 letter = _as_dlq_message(record)
+                if letter.payload_omitted is not None:
+                    raise DeadLetterPayloadOmittedError(
+                        dlq_message_id,
+                        letter.payload_omitted,
+                        f"{letter.original_topic}/{letter.original_partition}"
+                        f"@{letter.original_offset}",
+                        letter.original_size,
+                    )
                 if dlq_message_id in await self._resolved(letter.original_topic):
                     return False
                 if not await self._claim(letter):
@@ -539,6 +556,8 @@ def _as_dlq_message(letter: EventMessage) -> DLQMessage:
         first_failure_at=_parse_time(text("first_failure_at")) or last,
         last_failure_at=last,
         replay_count=number("replay_count"),
+        payload_omitted=text("payload_omitted") or None,
+        original_size=number("original_size") or None,
     )
 
 
@@ -548,7 +567,8 @@ MAX_HOURS: Final = 24 * 365 * 100
 
 def _hours(name: str, hours: int) -> timedelta:
     """``hours`` as a look-back, or a clear error for one that makes no sense."""
-    if not 0 <= hours <= MAX_HOURS:
+    number = isinstance(hours, int | float) and not isinstance(hours, bool)
+    if not number or not 0 <= hours <= MAX_HOURS:
         raise ConfigurationError(
             f"{name} must be between 0 and {MAX_HOURS} (a century), got {hours}"
         )

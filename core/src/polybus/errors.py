@@ -14,6 +14,7 @@ __all__ = [
     "BusClosedError",
     "CodecUnavailableError",
     "DeadLetterNotFoundError",
+    "DeadLetterPayloadOmittedError",
     "ConfigurationError",
     "DuplicateBackendError",
     "InvalidHandlerError",
@@ -224,3 +225,25 @@ class DeadLetterNotFoundError(PolybusError, LookupError):
         self.topic = topic
         where = f" among the dead letters of {topic!r}" if topic else ""
         super().__init__(f"no dead letter with id {dlq_message_id!r}{where}")
+
+
+class DeadLetterPayloadOmittedError(PolybusError):
+    """A dead letter stored without its original's bytes cannot be replayed."""
+
+    def __init__(
+        self,
+        dlq_message_id: str,
+        reason: str,
+        where: str,
+        size: int | None,
+    ) -> None:
+        self.dlq_message_id = dlq_message_id
+        self.reason = reason
+        self.where = where
+        self.size = size
+        bytes_ = f" of {size} bytes" if size is not None else ""
+        super().__init__(
+            f"dead letter {dlq_message_id!r} holds no copy of its original"
+            f"{bytes_} ({reason}); it cannot be retried from the dead-letter "
+            f"queue; the original lies at {where}"
+        )

@@ -476,6 +476,13 @@ class DLQMessage:
     """Last failure."""
     replay_count: int
     """Times the original was already replayed from a dead-letter queue."""
+    payload_omitted: str | None = None
+    """Why the original's bytes are not in the dead letter (the broker refused
+    it as too large), or ``None`` when they are; such a letter cannot be
+    retried, and ``original_partition``/``original_offset`` say where the
+    original lies."""
+    original_size: int | None = None
+    """Size in bytes of the original's envelope when it was left out."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -526,6 +526,8 @@ def _letter_json(letter: DLQMessage) -> dict[str, Any]:
         "first_failure_at": letter.first_failure_at.isoformat(),
         "last_failure_at": letter.last_failure_at.isoformat(),
         "replay_count": letter.replay_count,
+        "payload_omitted": letter.payload_omitted,
+        "original_size": letter.original_size,
         "message": _as_json(original),
     }
 
