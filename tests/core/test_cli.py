@@ -20,6 +20,7 @@ from polybus.cli.bench import run_bench
 from polybus.cli.corpus import read_corpus, sample_corpus_path
 from polybus.cli.jsonlines import decode_header, encode_header
 from polybus.cli.replay import run_replay
+from polybus.dlq import DeadLetterQueue
 from polybus.errors import ConfigurationError, SerializationError
 from polybus.message import EventMessage
 from polybus.settings import PolybusSettings
@@ -331,6 +332,35 @@ def test_consume_with_a_valid_max_stops_there(broker: Broker) -> None:
     assert consumed.exit_code == 0, consumed.output
     values = [_strict_json(line) for line in consumed.stdout.splitlines()]
     assert [v["value"] for v in values if isinstance(v, dict)] == ["a", "b"]
+
+
+def test_consume_in_a_group_leaves_what_it_did_not_print(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLYBUS_RETRY__MAX_ATTEMPTS", "1")
+    created = runner.invoke(app, ["topics", "create", "cm", "-p", "3"])
+    published = runner.invoke(app, ["publish", "cm", *map(str, range(30))])
+    assert (created.exit_code, published.exit_code) == (0, 0), published.output
+    group = ["--group", "g", "--from-beginning", "--timeout", "30"]
+
+    first = runner.invoke(app, ["consume", "cm", *group, "-n", "1"])
+    rest = runner.invoke(app, ["consume", "cm", *group, "-n", "29"])
+
+    assert (first.exit_code, rest.exit_code) == (0, 0), rest.output
+    seen = [
+        v["value"]
+        for result in (first, rest)
+        for v in map(_strict_json, result.stdout.splitlines())
+        if isinstance(v, dict)
+    ]
+    assert sorted(seen, key=int) == [str(n) for n in range(30)]
+    assert asyncio.run(_dead_letters(broker, "cm")) == []
+
+
+async def _dead_letters(broker: Broker, topic: str) -> list[str]:
+    async with broker.bus(PolybusSettings()) as bus:
+        letters = await DeadLetterQueue(bus).get_dlq_messages(topic)
+    return [letter.dlq_message_id for letter in letters]
 
 
 # -- 2. headers that JSON cannot write ---------------------------------------------

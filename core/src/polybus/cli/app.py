@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -178,7 +178,17 @@ def plugins() -> None:
         if caps.native_compression:
             codecs = "/".join(sorted(caps.native_compression))
             flags.append(f"broker compresses {codecs}")
-        gaps = [f"no {clause}" for clause in caps.limitations]
+        # Limitations explain either a capability declared false or a caveat
+        # of something the backend does; only the former is a "no".
+        missing = {
+            clause
+            for clause in caps.limitations
+            if getattr(caps, clause.replace(" ", "_"), None) is False
+        }
+        gaps = [f"no {clause}" for clause in sorted(missing)]
+        caveats = sorted(set(caps.limitations) - missing)
+        if caveats:
+            gaps.append(f"limits: {'; '.join(caveats)}")
         table.add_row(
             installed.spec.name,
             installed.distribution,
@@ -390,6 +400,11 @@ def _put_text(record: dict[str, Any], name: str, data: bytes) -> None:
         record[f"{name}_base64"] = base64.b64encode(data).decode()
 
 
+_CONSUME_DRAIN_MS: Final = 1_000
+"""How long ``consume`` lets handlers finish when it stops; those holding a
+message past ``--max`` are then cancelled and their messages stay unsettled."""
+
+
 @app.command()
 def consume(
     topic: TopicArgument,
@@ -420,7 +435,9 @@ def consume(
 ) -> None:
     """Print messages of a topic as JSON lines."""
     start = "earliest" if from_beginning else None
-    settings = _settings(backend, start_position=start)
+    settings = _settings(
+        backend, start_position=start, drain_timeout_ms=_CONSUME_DRAIN_MS
+    )
 
     async def receive() -> int:
         done = asyncio.Event()
@@ -431,8 +448,11 @@ def consume(
         ) -> None:
             nonlocal count
             if done.is_set():
-                await message.nack(requeue=True)
-                return
+                # Past --max: hold the message, unsettled, until the closing
+                # bus cancels this call, so it goes back to the group as it
+                # came. A nack would count as a failed attempt and could
+                # dead-letter a message nobody looked at.
+                await asyncio.Event().wait()
             print(dumps(_as_json(message)), flush=True)
             count += 1
             if max_messages is not None and count >= max_messages:
