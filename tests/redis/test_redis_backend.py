@@ -520,3 +520,21 @@ async def test_unreachable_server_is_reported() -> None:
 
     with pytest.raises(BackendUnavailableError):
         await backend.connect()
+
+
+async def test_more_partitions_than_read_connections_are_all_read(
+    env: RedisEnv,
+) -> None:
+    # Sixteen partitions, each read blocking up to block_ms, share four read
+    # connections: they are read in turn, while leases and acks go over the
+    # other pool and never wait behind them.
+    bus = await env.bus(pool_size=4, read_pool_size=4, block_ms=200)
+    await bus.create_topic("wide", partition_count=16)
+    collector = Collector()
+    await bus.subscribe_to_topic("wide", collector.handler(), group_id="g")
+
+    for index in range(64):
+        await bus.publish_event("wide", message("wide", str(index), key=f"k{index}"))
+
+    await wait_until(lambda: len(collector.seen) == 64, "64 deliveries", timeout=60)
+    assert sorted(int(got.value) for _, got, _ in collector.seen) == list(range(64))

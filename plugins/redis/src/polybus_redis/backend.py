@@ -133,6 +133,11 @@ class RedisBackend(Backend):
         self.settings = settings or RedisSettings()
         self.keys = Keys(self.settings.key_prefix)
         self._client: Redis | None = None
+        self._reader: Redis | None = None
+        self.read_turns = asyncio.Semaphore(self.settings.read_pool_size)
+        """Taken around every blocking read, first come first served: the
+        read pool hands a freed connection to whoever asks next, which lets
+        the readers that just gave one back starve the others."""
         self._streams: set[GroupStream | BroadcastStream] = set()
         self._queue: list[_PendingPublish] = []
         self._sender: asyncio.Task[None] | None = None
@@ -160,27 +165,45 @@ class RedisBackend(Backend):
             self._notifier = Notifier(self.client)
         return self._notifier
 
+    @property
+    def reader(self) -> Redis:
+        """The client of blocking reads, on a pool of its own.
+
+        A read that waits ``block_ms`` for new entries holds its connection
+        all that time; on the pool of everything else, enough of them would
+        leave lease renewals and acks waiting until leases expire.
+
+        :raises BackendUnavailableError: if :meth:`connect` was not called.
+        """
+        if self._reader is None:
+            raise BackendUnavailableError(
+                "the Redis backend is not connected; start the event bus first"
+            )
+        return self._reader
+
     async def connect(self) -> None:
         if self._client is not None:
             return
 
         logger.debug("Connecting to Redis at %s", self.settings.public_dict()["url"])
-        client = Redis.from_pool(self._pool())
+        client = Redis.from_pool(self._pool(self.settings.pool_size))
+        reader = Redis.from_pool(self._pool(self.settings.read_pool_size))
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
             await client.aclose()
+            await reader.aclose()
             raise BackendUnavailableError(
                 f"cannot reach Redis at {self.settings.public_dict()['url']}: {exc}"
             ) from exc
 
-        self._client = client
+        self._client, self._reader = client, reader
         logger.debug("Connected to Redis")
 
-    def _pool(self) -> BlockingConnectionPool:
+    def _pool(self, size: int) -> BlockingConnectionPool:
         s = self.settings
         options: dict[str, Any] = {
-            "max_connections": s.pool_size,
+            "max_connections": size,
             "timeout": None,
             "socket_connect_timeout": s.connect_timeout_ms / 1000,
             "socket_keepalive": True,
@@ -236,8 +259,11 @@ class RedisBackend(Backend):
         if self._notifier is not None:
             await self._notifier.aclose()
             self._notifier = None
-        await client.aclose()
-        await client.connection_pool.disconnect()
+        reader, self._reader = self._reader, None
+        for each in (client, reader):
+            if each is not None:
+                await each.aclose()
+                await each.connection_pool.disconnect()
         logger.debug("Redis backend closed")
 
     async def ping(self) -> None:

@@ -43,8 +43,13 @@ class RedisSettings(BackendSettings):
     tls_verify: bool = True
     """Check the server's certificate and host name."""
     pool_size: int = Field(default=128, ge=2)
-    """Connections in the pool; each partition being read holds one while it
-    waits for new entries, so keep it above partitions x subscriptions."""
+    """Connections for publishing, acknowledging, leases and metadata."""
+    read_pool_size: int = Field(default=1_024, ge=1)
+    """Connections for blocking reads, a pool apart so that waiting reads never
+    hold up leases and acks. A subscription's partition holds one while it
+    waits up to ``block_ms`` for new entries (a broadcast subscription holds
+    one for all its partitions); beyond this many, partitions wait their turn
+    and are read more slowly, but none is starved."""
     connect_timeout_ms: int = Field(default=5_000, ge=1)
     """How long opening one connection may take."""
     block_ms: int = Field(default=1_000, ge=1)

@@ -231,6 +231,14 @@ class GroupStream(Stream):
         return self._backend.client
 
     @property
+    def reader(self) -> Redis:
+        return self._backend.reader
+
+    @property
+    def read_turns(self) -> asyncio.Semaphore:
+        return self._backend.read_turns
+
+    @property
     def partitions(self) -> list[int]:
         """Partitions this member owns now."""
         return sorted(self._readers)
@@ -808,13 +816,14 @@ class _PartitionReader:
     # -- reading --------------------------------------------------------------
 
     async def _read_new(self) -> None:
-        reply: Any = await self._client.xreadgroup(
-            self._group,
-            self._consumer,
-            {self._key: ">"},
-            count=self._member._prefetch,
-            block=self._member._settings.block_ms,
-        )
+        async with self._member.read_turns:
+            reply: Any = await self._member.reader.xreadgroup(
+                self._group,
+                self._consumer,
+                {self._key: ">"},
+                count=self._member._prefetch,
+                block=self._member._settings.block_ms,
+            )
         entries = reply[0][1] if reply else []
         await self._deliver(entries, None)
 
@@ -960,17 +969,18 @@ class BroadcastStream(Stream):
 
     async def _run(self) -> None:
         backoff = _Backoff()
-        client = self._backend.client
+        client = self._backend.reader
         block = self._backend.settings.block_ms
 
         while not self._stopped:
             await self._resumed.wait()
             try:
-                reply: Any = await client.xread(
-                    dict(self._positions),  # type: ignore[arg-type]
-                    count=self._prefetch,
-                    block=block,
-                )
+                async with self._backend.read_turns:
+                    reply: Any = await client.xread(
+                        dict(self._positions),  # type: ignore[arg-type]
+                        count=self._prefetch,
+                        block=block,
+                    )
             except TRANSIENT_ERRORS as exc:
                 logger.warning(
                     "Broadcast read of topic %s failed, retrying: %r",
