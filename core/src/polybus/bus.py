@@ -192,10 +192,10 @@ class EventBus:
         self.note_published(record.topic, len(record.payload))
         self.counters.publish_latency.add((time.perf_counter() - started) * 1000)
 
-    def note_published(self, topic: str, size: int) -> None:
-        """Count a message as published to ``topic``."""
+    def note_published(self, topic: str, size: int, count: int = 1) -> None:
+        """Count ``count`` messages of ``size`` bytes in all as published."""
         counters = self.counters.topics[topic]
-        counters.published += 1
+        counters.published += count
         counters.bytes_published += size
 
     async def record_for(
@@ -216,6 +216,25 @@ class EventBus:
         if partition_key is not None and not isinstance(partition_key, str):
             raise InvalidMessageError("partition_key", partition_key, "a str or None")
 
+        event, payload = self.envelope(topic, message, max_bytes=max_bytes)
+        count = await self.partition_count(topic)
+        return self.route(event, payload, partition_key, count)
+
+    def envelope(
+        self,
+        topic: str,
+        message: ProtocolEventMessage,
+        *,
+        max_bytes: int | None = None,
+    ) -> tuple[EventMessage, bytes]:
+        """``message`` as published to ``topic``, and its size-checked envelope.
+
+        The first step of :meth:`record_for`, for callers that prepare many
+        messages of one topic and look its partition count up once.
+
+        :param max_bytes: size limit; ``max_message_bytes`` unless given.
+        :raises MessageTooLargeError: if the envelope exceeds the maximum size.
+        """
         event = as_event_message(message)
         if event.topic != topic:
             event = dataclasses.replace(event, topic=topic)
@@ -224,15 +243,29 @@ class EventBus:
         limit = max_bytes if max_bytes is not None else self.settings.max_message_bytes
         if len(payload) > limit:
             raise MessageTooLargeError(topic, len(payload), limit)
+        return event, payload
 
-        count = await self._partition_count(topic)
+    def route(
+        self,
+        event: EventMessage,
+        payload: bytes,
+        partition_key: str | None,
+        partition_count: int,
+    ) -> OutboundRecord:
+        """The record of an envelope made by :meth:`envelope`, on its partition.
+
+        The partition comes from ``partition_key``, else the message key, with
+        Kafka's murmur2 partitioner; messages without either go round robin.
+        """
         key = partition_key.encode() if partition_key is not None else event.key
         if key is not None:
-            partition = partition_for_key(key, count)
+            partition = partition_for_key(key, partition_count)
         else:
-            partition = next(self._round_robin) % count
+            partition = next(self._round_robin) % partition_count
 
-        return OutboundRecord(topic, partition, event.key, payload, event.message_id)
+        return OutboundRecord(
+            event.topic, partition, event.key, payload, event.message_id
+        )
 
     async def _publish_dead_letter(self, topic: str, message: EventMessage) -> None:
         # A dead letter is its original plus bounded failure headers, so it may
@@ -241,7 +274,13 @@ class EventBus:
         record = await self.record_for(topic, message, None, max_bytes=limit)
         await self._send(record)
 
-    async def _partition_count(self, topic: str) -> int:
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic``, cached for ``metadata_max_age_ms``.
+
+        A missing topic is created when ``auto_create_topics`` is set.
+
+        :raises TopicNotFoundError: if the topic is missing and not auto-created.
+        """
         cached = self._partition_counts.get(topic)
         max_age = self.settings.metadata_max_age_ms / 1000
         if cached is not None and time.monotonic() - cached[1] < max_age:
@@ -292,7 +331,7 @@ class EventBus:
                 f"group_id must be a non-empty str or None, got {group_id!r}"
             )
 
-        await self._partition_count(topic)
+        await self.partition_count(topic)
         subscription_id = str(uuid4())
         dispatcher = Dispatcher(
             subscription_id=subscription_id,

@@ -14,11 +14,11 @@ bool, nil, str, array, map), which is why headers survive every broker unchanged
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NoReturn
 from uuid import UUID, uuid4
 
 import msgpack
@@ -48,6 +48,7 @@ _PREFIX: Final = ENVELOPE_MAGIC + bytes([ENVELOPE_VERSION])
 _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 _MAX_HEADER_DEPTH: Final = 32
 
 Settlement = Literal["ack", "requeue", "reject"]
@@ -93,19 +94,37 @@ def _as_key(key: object) -> bytes | None:
     raise InvalidMessageError("key", key, "bytes, str or None")
 
 
+def _is_scalar_header(value: object) -> bool:
+    """Whether ``value`` is a header value of its own: no list, no dict."""
+    if value is None or isinstance(value, str | bool | float):
+        return True
+    return isinstance(value, int) and _INT_MIN <= value <= _UINT_MAX
+
+
+def _check_headers(headers: object) -> None:
+    if not isinstance(headers, dict):
+        raise InvalidMessageError("headers", headers, "a dict")
+
+    for name, header in headers.items():
+        if not isinstance(name, str):
+            raise InvalidMessageError("header name", name, "a str")
+        # Most headers are scalars: checked here, without spelling out the path
+        # that only an error needs.
+        if not _is_scalar_header(header):
+            _check_header_value(f"headers[{name!r}]", header)
+
+
 def _check_header_value(path: str, value: object, depth: int = 0) -> None:
     if depth > _MAX_HEADER_DEPTH:
         raise InvalidMessageError(
             path, "...", f"nested at most {_MAX_HEADER_DEPTH} levels deep"
         )
 
-    if value is None or isinstance(value, str | bool | float):
+    if _is_scalar_header(value):
         return
 
     if isinstance(value, int):
-        if not _INT_MIN <= value <= _UINT_MAX:
-            raise InvalidMessageError(path, value, "an integer within 64 bits")
-        return
+        raise InvalidMessageError(path, value, "an integer within 64 bits")
 
     if isinstance(value, list):
         for index, item in enumerate(value):
@@ -150,18 +169,7 @@ class EventMessage:
     _deliverable: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.topic, str):
-            raise InvalidMessageError("topic", self.topic, "a str")
-
-        self.value = _as_value(self.value)
-        self.key = _as_key(self.key)
-
-        if not isinstance(self.headers, dict):
-            raise InvalidMessageError("headers", self.headers, "a dict")
-        for name, header in self.headers.items():
-            if not isinstance(name, str):
-                raise InvalidMessageError("header name", name, "a str")
-            _check_header_value(f"headers[{name!r}]", header)
+        self._check_content()
 
         if not isinstance(self.timestamp, datetime) or self.timestamp.tzinfo is None:
             raise InvalidMessageError(
@@ -177,6 +185,78 @@ class EventMessage:
         )
         self.message_id = _coerce_uuid(  # type: ignore[assignment]
             "message_id", self.message_id, required=True
+        )
+
+    def _check_content(self) -> None:
+        """Check topic, value, key and headers; bring value and key to bytes.
+
+        These are the fields whose type an envelope does not fix: MessagePack
+        can carry text where bytes belong, or a binary header value. The
+        timestamp and ids of a decoded envelope are made by :meth:`from_bytes`
+        itself, so only the constructor checks those.
+        """
+        if not isinstance(self.topic, str):
+            raise InvalidMessageError("topic", self.topic, "a str")
+
+        self.value = _as_value(self.value)
+        self.key = _as_key(self.key)
+        _check_headers(self.headers)
+
+    @classmethod
+    def _unchecked(
+        cls,
+        *,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: dict[str, ContextValue],
+        timestamp: datetime,
+        correlation_id: UUID | None,
+        causation_id: UUID | None,
+        message_id: UUID,
+        partition: int | None = None,
+        offset: str | None = None,
+    ) -> EventMessage:
+        """A message from fields that are already valid, skipping ``__post_init__``.
+
+        Only for fields taken from a message that was checked, or made by
+        :meth:`from_bytes` (which checks the rest); the timestamp must be in
+        UTC. Every field is given, so none is left unset.
+        """
+        message = cls.__new__(cls)
+        message.topic = topic
+        message.value = value
+        message.key = key
+        message.headers = headers
+        message.offset = offset
+        message.partition = partition
+        message.timestamp = timestamp
+        message.correlation_id = correlation_id
+        message.causation_id = causation_id
+        message.message_id = message_id
+        message._settlement = None
+        message._deliverable = False
+        return message
+
+    def _replace(
+        self, *, value: bytes | None = None, headers: dict[str, ContextValue]
+    ) -> EventMessage:
+        """An unsettled copy with new headers and, if given, a new value.
+
+        The value and headers must be valid already (a codec's output, a
+        subset or copy of this message's own).
+        """
+        return EventMessage._unchecked(
+            topic=self.topic,
+            value=self.value if value is None else value,
+            key=self.key,
+            headers=headers,
+            timestamp=self.timestamp,
+            correlation_id=self.correlation_id,
+            causation_id=self.causation_id,
+            message_id=self.message_id,
+            partition=self.partition,
+            offset=self.offset,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -203,20 +283,18 @@ class EventMessage:
 
     def to_bytes(self) -> bytes:
         """Encode the message as a version 1 envelope."""
-        delta = self.timestamp - _EPOCH
-        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         body = {
             "id": self.message_id.bytes,
             "topic": self.topic,
             "key": self.key,
             "value": self.value,
             "headers": self.headers,
-            "ts": micros,
+            "ts": (self.timestamp - _EPOCH) // _MICROSECOND,
             "corr": self.correlation_id.bytes if self.correlation_id else None,
             "cause": self.causation_id.bytes if self.causation_id else None,
         }
         try:
-            packed: bytes = msgpack.packb(body, use_bin_type=True)
+            packed = _pack(body)
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode message: {exc}") from exc
         return _PREFIX + packed
@@ -236,8 +314,10 @@ class EventMessage:
         """
         body = _unpack(data)
 
+        # The timestamp and ids are built here, so they are valid by making;
+        # the other fields are checked as the constructor checks them.
         try:
-            message = cls(
+            message = cls._unchecked(
                 topic=body["topic"],
                 value=body["value"],
                 key=body["key"],
@@ -249,7 +329,8 @@ class EventMessage:
                 partition=partition,
                 offset=offset,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            message._check_content()
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"malformed envelope: {exc!r}") from exc
 
         return message
@@ -301,27 +382,21 @@ class EventMessage:
 
     def _delivered_copy(self) -> EventMessage:
         """A fresh, unsettled copy for one handler attempt."""
-        return dataclasses.replace(
-            self, headers=dict(self.headers), _settlement=None, _deliverable=True
-        )
+        copy = self._replace(headers=dict(self.headers))
+        copy._deliverable = True
+        return copy
 
 
-def _unpack(data: bytes) -> dict[str, Any]:
-    if not isinstance(data, bytes | bytearray | memoryview):
+def _unpack(data: object) -> dict[str, Any]:
+    if isinstance(data, bytes):
+        raw = data
+    elif isinstance(data, bytearray | memoryview):
+        raw = bytes(data)
+    else:
         raise SerializationError(f"an envelope is bytes, got {type(data).__name__}")
 
-    raw = bytes(data)
-    if raw[:2] != ENVELOPE_MAGIC:
-        raise SerializationError(
-            f"not a polybus envelope: starts with {raw[:8]!r}, expected {_PREFIX!r}"
-        )
-
-    if len(raw) < 3 or raw[2] != ENVELOPE_VERSION:
-        version = raw[2] if len(raw) > 2 else None
-        raise SerializationError(
-            f"unsupported envelope version {version}; this polybus reads version "
-            f"{ENVELOPE_VERSION}"
-        )
+    if raw[:3] != _PREFIX:
+        _refuse_prefix(raw)
 
     try:
         body = msgpack.unpackb(raw[3:], raw=False, strict_map_key=True)
@@ -333,10 +408,41 @@ def _unpack(data: bytes) -> dict[str, Any]:
     return body
 
 
+def _refuse_prefix(raw: bytes) -> NoReturn:
+    if raw[:2] != ENVELOPE_MAGIC:
+        raise SerializationError(
+            f"not a polybus envelope: starts with {raw[:8]!r}, expected {_PREFIX!r}"
+        )
+
+    version = raw[2] if len(raw) > 2 else None
+    raise SerializationError(
+        f"unsupported envelope version {version}; this polybus reads version "
+        f"{ENVELOPE_VERSION}"
+    )
+
+
+_packers = threading.local()
+
+
+def _pack(body: dict[str, Any]) -> bytes:
+    """``body`` in MessagePack, by this thread's packer.
+
+    ``msgpack.packb`` makes a packer, with its buffer, for every call; reusing
+    one halves the cost of packing an envelope. A packer is not safe to share
+    between threads, hence one per thread; it resets after every call, one
+    that failed included.
+    """
+    packer: msgpack.Packer | None = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(body)
+    return packed
+
+
 def _micros(value: object) -> timedelta:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"timestamp must be an int, got {value!r}")
-    return timedelta(microseconds=value)
+    return value * _MICROSECOND
 
 
 def _uuid_from(value: object) -> UUID | None:

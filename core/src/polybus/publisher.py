@@ -109,22 +109,23 @@ class EventPublisher:
         records: list[OutboundRecord] = []
         sizes: list[int] = []
         failures: list[PublishFailure] = []
-        for message in messages:
-            try:
-                record, plain = await self._prepare(
-                    topic, message, None if native else codec
-                )
-            except PolybusError as exc:
-                failures.append(_failure(message, exc))
+        prepared = await self._prepare(topic, messages, None if native else codec)
+        for message, ready in zip(messages, prepared, strict=True):
+            if isinstance(ready, PolybusError):
+                failures.append(_failure(message, ready))
                 continue
+            record, plain = ready
             records.append(record)
             sizes.append(plain)
 
         outcomes, sent = await self._send(records, native)
+        taken = 0
+        taken_bytes = 0
         for record, plain, outcome in zip(records, sizes, outcomes, strict=True):
             if outcome is None:
                 self._uncompressed += plain
-                self.bus.note_published(topic, len(record.payload))
+                taken += 1
+                taken_bytes += len(record.payload)
             else:
                 failures.append(
                     PublishFailure(
@@ -133,6 +134,8 @@ class EventPublisher:
                         error=str(outcome),
                     )
                 )
+        if taken:
+            self.bus.note_published(topic, taken_bytes, taken)
 
         elapsed = (time.perf_counter() - started) * 1000
         succeeded = len(messages) - len(failures)
@@ -244,7 +247,10 @@ class EventPublisher:
         validate_topic_name(topic)
         native = self._native(codec)
         started = time.perf_counter()
-        record, plain = await self._prepare(topic, message, None if native else codec)
+        (prepared,) = await self._prepare(topic, [message], None if native else codec)
+        if isinstance(prepared, PolybusError):
+            raise prepared
+        record, plain = prepared
 
         (outcome,), sent = await self._send([record], native)
         if outcome is not None:
@@ -266,16 +272,60 @@ class EventPublisher:
         return None
 
     async def _prepare(
+        self,
+        topic: str,
+        messages: Sequence[ProtocolEventMessage],
+        codec: Codec | None,
+    ) -> list[tuple[OutboundRecord, int] | PolybusError]:
+        """For each message, its record and uncompressed envelope size, or why not.
+
+        Every message is encoded first; the topic's partition count is then
+        looked up once for the batch, not once per message.
+
+        :param codec: the codec that compresses each value here, if any.
+        """
+        encoded: list[tuple[EventMessage, bytes, int] | PolybusError] = []
+        for message in messages:
+            try:
+                encoded.append(self._encode(topic, message, codec))
+            except PolybusError as exc:
+                encoded.append(exc)
+
+        count: int | PolybusError = 0
+        if not all(isinstance(item, PolybusError) for item in encoded):
+            try:
+                count = await self.bus.partition_count(topic)
+            except PolybusError as exc:
+                count = exc
+
+        prepared: list[tuple[OutboundRecord, int] | PolybusError] = []
+        for item in encoded:
+            if isinstance(item, PolybusError):
+                prepared.append(item)
+            elif isinstance(count, PolybusError):
+                prepared.append(count)
+            else:
+                event, payload, plain = item
+                prepared.append((self.bus.route(event, payload, None, count), plain))
+        return prepared
+
+    def _encode(
         self, topic: str, message: ProtocolEventMessage, codec: Codec | None
-    ) -> tuple[OutboundRecord, int]:
+    ) -> tuple[EventMessage, bytes, int]:
+        """The message as sent, its envelope, and the envelope's size uncompressed.
+
+        Without a codec the envelope is encoded once and is its own
+        uncompressed size. With one, the uncompressed size is that of a
+        different envelope, the one without compression, so both are encoded.
+        """
         event = as_event_message(message)
         if codec is None:
-            record = await self.bus.record_for(topic, event, None)
-            return record, len(record.payload)
+            event, payload = self.bus.envelope(topic, event)
+            return event, payload, len(payload)
 
         plain = len(event.to_bytes())
-        record = await self.bus.record_for(topic, compress_message(event, codec), None)
-        return record, plain
+        event, payload = self.bus.envelope(topic, compress_message(event, codec))
+        return event, payload, plain
 
     async def _send(
         self, records: Sequence[OutboundRecord], native: LiteralCompressionType | None
